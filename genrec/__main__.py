@@ -1,0 +1,5 @@
+"""``python -m genrec`` = the ``genrec`` command."""
+
+from .cli import main
+
+main()

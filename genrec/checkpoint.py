@@ -1,0 +1,101 @@
+"""The checkpoint format (ARCHITECTURE.md §3): a plain dict that loads with ``weights_only=True``.
+
+``{"format": "genrec.checkpoint", "version": 1, "arch", "config", "state_dict", "num_items",
+"id_map", "metadata"}``. Only tensors, numbers, strings, lists and dicts go in, so loading
+never unpickles code: a checkpoint that would need it is refused, not executed. The raw-id
+map travels with the weights so every later stage speaks the user's raw item ids.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .atomic import atomic_file
+from .errors import CheckpointError, ConfigError
+from .models import GenerativeRecommender, ModelConfig, build_model, config_from_dict
+
+FORMAT = "genrec.checkpoint"
+VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model (eval mode), its config, the raw-id map and metadata."""
+
+    model: GenerativeRecommender
+    config: ModelConfig
+    id_map: list[int]
+    metadata: dict[str, Any]
+    path: Path | None = None
+
+
+def save_checkpoint(path: str | Path, model: GenerativeRecommender, id_map: list[int],
+                    metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` atomically; ``id_map[i]`` is the raw id of internal item ``i + 1``."""
+    meta = {"created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "genrec_version": __version__, **(metadata or {})}
+    blob = {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": model.config.arch,
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "num_items": model.config.num_items,
+        "id_map": [int(i) for i in id_map],
+        "metadata": meta,
+    }
+    path = Path(path)
+    with atomic_file(path, mode="wb") as f:
+        torch.save(blob, f)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Checkpoint:
+    """Load with ``weights_only=True``; refuse pickled code and files from other tools."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported object"
+        raise CheckpointError(
+            f"{path}: refused: the checkpoint needs arbitrary unpickling ({first[:160]}); "
+            "genrec never executes code from a checkpoint"
+        ) from None
+    except Exception as e:  # torch raises RuntimeError/EOFError/zipfile errors for non-checkpoints
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: not a genrec checkpoint (no 'format': '{FORMAT}'); "
+            "train with `genrec train` or convert the weights first"
+        )
+    if blob.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {blob.get('version')} is not supported (want {VERSION})")
+    missing = [k for k in ("arch", "config", "state_dict", "num_items", "id_map") if k not in blob]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    try:
+        config = config_from_dict(dict(blob["config"]))
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    model = build_model(config)
+    result = model.load_state_dict(blob["state_dict"], strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{path}: weights do not match the {config.arch} config "
+            f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})"
+        )
+    for name, t in blob["state_dict"].items():
+        have = model.state_dict()[name].shape
+        if t.shape != have:
+            raise CheckpointError(f"{path}: weight {name} has shape {tuple(t.shape)}, config expects {tuple(have)}")
+    model.eval()
+    return Checkpoint(model, config, list(blob["id_map"]), dict(blob.get("metadata", {})), path)

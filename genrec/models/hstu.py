@@ -1,0 +1,180 @@
+"""HSTU (Zhai et al., "Actions Speak Louder than Words", ICML 2024), research variant.
+
+Follows Meta's ``generative_recommenders/research/modeling/sequential/hstu.py`` (MODELS.md
+§1.1–1.4): input sqrt(d)·E[item] + P[pos]; per layer a non-affine LayerNorm, one fused UVQK
+projection without bias with SiLU on all four parts, pointwise attention
+``SiLU(QKᵀ + rab) / N`` (no 1/sqrt(d), N = the fixed padded length, causal mask including
+the diagonal), ``rab`` = relative-position bias + log-bucketed time-difference bias using
+the *next* item's timestamp, shared by all heads; then ``W_o(U ⊙ LayerNorm(A·V)) + b_o + x``
+with a non-affine LayerNorm over all heads; no FFN, no final norm.
+
+Time convention: position i's bias uses t[i+1]; the last history position and every
+generated item use the request time. With it, prefill of a prefix followed by steps equals
+prefill of the whole sequence. Deployment choices: the 1/N division is applied to A·V
+(identical by linearity, and it keeps elementwise work off the (T, T) matrix); the
+position bias is gathered once per layer from a constant index (batch-independent); the
+time buckets are computed once and shared by all layers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Cache, GenerativeRecommender, ModelConfig, merge_heads, split_heads, write_at
+
+
+@dataclass(frozen=True)
+class HSTUConfig(ModelConfig):
+    arch: str = "hstu"
+    attn_dim: int = 0  # d_qk per head; 0 = d_model // num_heads
+    linear_dim: int = 0  # d_v per head; 0 = d_model // num_heads
+    linear_dropout: float = 0.2
+    num_buckets: int = 128
+    bucket_divisor: float = 0.301  # log-bucket width, timestamps in seconds
+
+
+def time_buckets(delta: torch.Tensor, num_buckets: int, divisor: float) -> torch.Tensor:
+    """bucket(Δ) = clamp(trunc(ln(max(|Δ|, 1)) / divisor), 0, num_buckets), computed in fp32."""
+    mag = delta.abs().clamp_min(1).to(torch.float32)
+    return (torch.log(mag) / divisor).to(torch.int64).clamp(0, num_buckets)
+
+
+class HSTULayer(nn.Module):
+    def __init__(self, cfg: HSTUConfig):
+        super().__init__()
+        h = cfg.num_heads
+        self.heads = h
+        self.dqk = cfg.attn_dim or cfg.d_model // h
+        self.dv = cfg.linear_dim or cfg.d_model // h
+        self.n = cfg.capacity  # the fixed divisor N (211 for T = 200)
+        self.eps = 1e-6
+        self.uvqk = nn.Linear(cfg.d_model, 2 * h * (self.dv + self.dqk), bias=False)
+        nn.init.normal_(self.uvqk.weight, std=0.02)
+        self.o = nn.Linear(h * self.dv, cfg.d_model)
+        nn.init.xavier_uniform_(self.o.weight)
+        nn.init.zeros_(self.o.bias)
+        self.w_pos = nn.Parameter(torch.randn(2 * self.n - 1) * 0.02)
+        self.w_ts = nn.Parameter(torch.randn(cfg.num_buckets + 1) * 0.02)
+        self.drop = nn.Dropout(cfg.linear_dropout)
+
+    def _project(self, x: torch.Tensor):
+        xn = F.layer_norm(x, (x.shape[-1],), eps=self.eps)
+        hv, hq = self.heads * self.dv, self.heads * self.dqk
+        uvqk = F.silu(self.uvqk(xn))  # sliced, not split: Split-18 has no down-converter to 14..17
+        u, v = uvqk[..., :hv], uvqk[..., hv:2 * hv]
+        q, k = uvqk[..., 2 * hv:2 * hv + hq], uvqk[..., 2 * hv + hq:]
+        return u, split_heads(v, self.heads), split_heads(q, self.heads), split_heads(k, self.heads)
+
+    def _finish(self, x: torch.Tensor, u: torch.Tensor, av: torch.Tensor) -> torch.Tensor:
+        o = merge_heads(av) / self.n  # (B, L, H*dv); = (SiLU(S)/N)·V
+        o = F.layer_norm(o, (o.shape[-1],), eps=self.eps)
+        return self.o(self.drop(u * o)) + x
+
+    def bias(self, rel_index: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:
+        """rab = w_pos[rel_index] + w_ts[buckets]; rel_index broadcasts against buckets."""
+        return self.w_pos[rel_index] + self.w_ts[buckets]
+
+    def forward(self, x, rel_index, buckets, causal):
+        u, v, q, k = self._project(x)  # q, k, v: (B, H, T, d)
+        s = q @ k.transpose(-1, -2) + self.bias(rel_index, buckets)[:, None]  # (B, H, T, T)
+        a = torch.where(causal, F.silu(s), torch.zeros_like(s))
+        return self._finish(x, u, a @ v), k, v
+
+    def step(self, x, position, rel_row, bucket_row, k_cache, v_cache):
+        u, v, q, k = self._project(x)  # (B, H, 1, d)
+        k_cache, v_cache = write_at(k_cache, k, position), write_at(v_cache, v, position)
+        slots = torch.arange(k_cache.shape[2], device=x.device)
+        valid = (slots[None, :] <= position[:, None])[:, None, None, :]
+        s = q @ k_cache.transpose(-1, -2) + self.bias(rel_row, bucket_row)[:, None, None, :]
+        a = torch.where(valid, F.silu(s), torch.zeros_like(s))
+        return self._finish(x, u, a @ v_cache), k_cache, v_cache
+
+    def rank(self, x, position, rel_row, bucket_row, k_cache, v_cache):
+        u, v, q, k = self._project(x)  # (B, H, M, d): candidates, all at ``position``
+        slots = torch.arange(k_cache.shape[2], device=x.device)
+        valid = (slots[None, :] < position[:, None])[:, None, None, :]
+        s_hist = q @ k_cache.transpose(-1, -2) + self.bias(rel_row, bucket_row)[:, None, None, :]
+        a_hist = torch.where(valid, F.silu(s_hist), torch.zeros_like(s_hist))  # (B, H, M, C)
+        # a candidate sees itself at relative offset 0 and time difference 0 (bucket 0)
+        s_self = (q * k).sum(-1, keepdim=True) + self.w_pos[self.n - 1] + self.w_ts[0]
+        return self._finish(x, u, a_hist @ v_cache + F.silu(s_self) * v)
+
+
+class HSTU(GenerativeRecommender):
+    arch = "hstu"
+    config_class = HSTUConfig
+
+    def __init__(self, config: HSTUConfig):
+        super().__init__(config)
+        self.n = config.capacity
+        self.pos_emb = nn.Embedding(self.n, config.d_model)
+        nn.init.xavier_normal_(self.pos_emb.weight)
+        self.layers = nn.ModuleList(HSTULayer(config) for _ in range(config.num_layers))
+        self.drop = nn.Dropout(config.dropout)
+        self.scale = math.sqrt(config.d_model)
+
+    @property
+    def needs_timestamps(self) -> bool:
+        return True
+
+    def cache_names(self) -> list[str]:
+        return super().cache_names() + ["timestamps"]
+
+    def _embed(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        valid = (ids != 0).unsqueeze(-1).to(self.item_emb.weight.dtype)
+        return self.drop(self.item_emb(ids) * self.scale + self.pos_emb(pos)) * valid
+
+    def _buckets(self, delta: torch.Tensor) -> torch.Tensor:
+        return time_buckets(delta, self.config.num_buckets, self.config.bucket_divisor)
+
+    def encode(self, item_ids, lengths, timestamps=None, request_time=None):
+        if timestamps is None or request_time is None:
+            raise ValueError("HSTU needs timestamps and request_time")
+        b, t = item_ids.shape
+        pos = torch.arange(t, device=item_ids.device)
+        x = self._embed(item_ids, pos[None, :])
+        ts = timestamps.long()
+        nxt = torch.cat([ts[:, 1:], ts[:, -1:]], dim=1)  # t[i+1]
+        last = pos[None, :] == (lengths.long() - 1)[:, None]
+        nxt = torch.where(last, request_time.long()[:, None], nxt)  # last position: request time
+        buckets = self._buckets(nxt[:, :, None] - ts[:, None, :])  # (B, T, T), shared by layers
+        rel = (self.n - 1) + pos[None, :] - pos[:, None]  # (T, T) constant
+        causal = pos[None, :] <= pos[:, None]
+        cache: list[torch.Tensor] = []
+        for layer in self.layers:
+            x, k, v = layer(x, rel, buckets, causal)
+            cache += [k, v]
+        return x, tuple(cache) + (ts,)
+
+    def _rows(self, position, timestamp, ts_cache):
+        """Bias indices of one query row at ``position`` with next-time ``timestamp``: (B, C) each."""
+        slots = torch.arange(ts_cache.shape[1], device=ts_cache.device)
+        rel = (self.n - 1) + slots[None, :] - position[:, None]
+        return rel, self._buckets(timestamp[:, None] - ts_cache)
+
+    def _step(self, new_item, position, timestamp, cache: Cache):
+        if timestamp is None:
+            raise ValueError("HSTU needs a timestamp per step (the request time)")
+        ts = timestamp.long()
+        ts_cache = write_at(cache[-1][:, None, :, None], ts[:, None, None, None], position)[:, 0, :, 0]
+        rel, buckets = self._rows(position, ts, ts_cache)
+        x = self._embed(new_item[:, None], position[:, None])
+        out: list[torch.Tensor] = []
+        for i, layer in enumerate(self.layers):
+            x, k, v = layer.step(x, position, rel, buckets, cache[2 * i], cache[2 * i + 1])
+            out += [k, v]
+        return x[:, 0], tuple(out) + (ts_cache,)
+
+    def _rank(self, candidates, position, timestamp, cache: Cache):
+        if timestamp is None:
+            raise ValueError("HSTU needs the request time to rank candidates")
+        rel, buckets = self._rows(position, timestamp.long(), cache[-1])
+        x = self._embed(candidates, position[:, None].expand_as(candidates))
+        for i, layer in enumerate(self.layers):
+            x = layer.rank(x, position, rel, buckets, cache[2 * i], cache[2 * i + 1])
+        return x

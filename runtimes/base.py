@@ -1,0 +1,287 @@
+"""The ``Backend`` protocol and the base class that does every check once.
+
+A backend runs the three graphs of a bundle (prefill, step, rank) somewhere: eager torch,
+onnxruntime sessions, AscendCL device buffers. The shared decoding loop
+(``genrec.runtimes.decoding``) drives all of them through the same five calls and only ever
+sees small host arrays (top-K' ids and scores, log_z); the KV cache lives in an opaque
+``State`` that the backend owns and may keep on its device.
+
+``BackendBase`` owns the public methods: it converts and checks inputs against the bundle
+dims (shapes, dtypes, batch gears, id and position ranges), calls the backend's ``_prefill``
+/ ``_step`` / ``_reorder`` / ``_rank``, and checks what comes back. A backend implements only
+those four (plus ``_close``), which keeps each one around a hundred lines.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from genrec.bundle import Bundle, load_bundle
+from genrec.data import ItemMap
+from genrec.errors import BundleError, ConfigError
+
+__all__ = ["Backend", "BackendBase", "BundleDims", "PrefillBatch", "State", "StepOutput", "open_bundle"]
+
+
+@dataclass(frozen=True)
+class BundleDims:
+    """Static sizes every backend of one bundle shares (read from the manifest)."""
+
+    arch: str
+    num_items: int  # N: internal ids are 1..N, 0 is padding
+    max_history: int  # T: history slots of the prefill graph
+    capacity: int  # C: cache slots; T + generated items must fit
+    topk: int  # K': candidates returned per prefill/step
+    max_exclude: int  # X: width of the exclude_ids input
+    rank_candidates: int  # M: candidates the rank graph scores at once
+    batch_gears: tuple[int, ...]  # batch sizes a backend accepts, ascending
+    needs_timestamps: bool  # HSTU: timestamps, request_time and per-step timestamps
+    temperature: float  # head temperature: log p = topk_score / temperature - log_z
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> BundleDims:
+        return cls(
+            arch=bundle.arch, num_items=bundle.num_items, max_history=bundle.max_history,
+            capacity=bundle.capacity, topk=bundle.topk, max_exclude=bundle.max_exclude,
+            rank_candidates=bundle.rank_candidates, batch_gears=tuple(sorted(bundle.batch_gears)),
+            needs_timestamps=bundle.arch == "hstu",
+            temperature=float(bundle.config.get("temperature", 0.05)),
+        )
+
+
+@dataclass
+class PrefillBatch:
+    """Prefill inputs for B rows, as ``genrec.inputs.history_feed`` builds them (int32)."""
+
+    item_ids: np.ndarray  # (B, T) right-padded internal ids
+    lengths: np.ndarray  # (B,) real history length per row, 1..T
+    exclude_ids: np.ndarray  # (B, X) ids masked from the top-K', padded with 0
+    timestamps: np.ndarray | None = None  # (B, T) rebased to each row's first time (HSTU)
+    request_time: np.ndarray | None = None  # (B,) rebased the same way (HSTU)
+
+    @property
+    def batch(self) -> int:
+        return int(self.item_ids.shape[0])
+
+
+@dataclass
+class StepOutput:
+    """What the loop sees after a prefill or step: host numpy arrays, B rows."""
+
+    topk_ids: np.ndarray  # (B, K') int64 internal ids, best first
+    topk_scores: np.ndarray  # (B, K') float32, -inf for excluded ids
+    log_z: np.ndarray  # (B,) float32 log-sum-exp of score / temperature over valid items
+    user_emb: np.ndarray | None = None  # (B, d) float32, when the backend returns it
+
+
+class State:
+    """Opaque per-batch decoding state (the KV cache); subclasses hold backend-owned buffers.
+
+    Only ``batch`` (the number of rows the cache holds) is visible to the loop and the base.
+    """
+
+    batch: int = 0
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the decoding loop needs from a runtime (ARCHITECTURE.md §5)."""
+
+    name: str
+    dims: BundleDims
+    item_map: ItemMap
+
+    @property
+    def batch_gears(self) -> tuple[int, ...]: ...
+
+    def prefill(self, batch: PrefillBatch) -> tuple[StepOutput, State]: ...
+
+    def step(self, state: State, new_item: np.ndarray, position: np.ndarray,
+             timestamp: np.ndarray | None, exclude_ids: np.ndarray) -> StepOutput: ...
+
+    def reorder(self, state: State, index: np.ndarray) -> None: ...
+
+    def rank(self, state: State, candidates: np.ndarray, position: np.ndarray,
+             timestamp: np.ndarray | None) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+def open_bundle(source: Bundle | str | os.PathLike[str]) -> Bundle:
+    """A verified bundle from a ``Bundle`` or a bundle directory."""
+    if isinstance(source, Bundle):
+        return source
+    path = Path(source)
+    if not path.is_dir():
+        raise BundleError(f"{path}: not a bundle directory (export one with `genrec export`)")
+    return load_bundle(path)
+
+
+def _i32(x: Any, shape: tuple[int, ...], what: str, where: str) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype.kind not in "iu":
+        raise ConfigError(f"{where}: {what} must be integers, got {a.dtype}")
+    if a.shape != shape:
+        raise ConfigError(f"{where}: {what} has shape {a.shape}, expected {shape}")
+    return np.ascontiguousarray(a, dtype=np.int32)
+
+
+class BackendBase:
+    """Shared checks around a backend's ``_prefill``/``_step``/``_reorder``/``_rank``/``_close``.
+
+    Subclasses set ``name``, call ``super().__init__(dims, id_map)`` and implement the impls;
+    they receive contiguous int32 arrays of checked shapes and return host numpy arrays.
+    """
+
+    name: str = "base"
+
+    def __init__(self, dims: BundleDims, id_map: list[int]):
+        self.dims = dims
+        self.item_map = ItemMap.from_list(id_map)
+        if self.item_map.num_items != dims.num_items:
+            raise BundleError(f"{self.name}: id map has {self.item_map.num_items} items, expected {dims.num_items}")
+        self._closed = False
+
+    # -- dims --------------------------------------------------------------------------------
+    @property
+    def batch_gears(self) -> tuple[int, ...]:
+        return self.dims.batch_gears
+
+    def __repr__(self) -> str:
+        d = self.dims
+        return (f"{type(self).__name__}({d.arch}, T={d.max_history}, C={d.capacity}, "
+                f"K'={d.topk}, X={d.max_exclude}, M={d.rank_candidates}, gears={list(d.batch_gears)})")
+
+    # -- checks ------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConfigError(f"{self.name} backend: used after close()")
+
+    def _check_batch(self, b: int) -> None:
+        if b not in self.dims.batch_gears:
+            raise ConfigError(f"{self.name} backend: batch {b} is not one of the batch gears "
+                              f"{list(self.dims.batch_gears)}; pad the batch to a gear")
+
+    def _ids(self, x: Any, shape: tuple[int, ...], what: str, low: int = 0) -> np.ndarray:
+        a = _i32(x, shape, what, f"{self.name} backend")
+        if a.size and (a.min() < low or a.max() > self.dims.num_items):
+            raise ConfigError(f"{self.name} backend: {what} must be internal ids in "
+                              f"{low}..{self.dims.num_items}, got {a.min()}..{a.max()}")
+        return a
+
+    def _time(self, ts: Any, b: int, what: str) -> np.ndarray | None:
+        if not self.dims.needs_timestamps:
+            if ts is not None:
+                raise ConfigError(f"{self.name} backend: {self.dims.arch} takes no {what}")
+            return None
+        if ts is None:
+            raise ConfigError(f"{self.name} backend: {self.dims.arch} needs {what}")
+        return _i32(ts, (b,), what, f"{self.name} backend")
+
+    def _position(self, position: Any, b: int, last: int) -> np.ndarray:
+        p = _i32(position, (b,), "position", f"{self.name} backend")
+        if p.min() < 1 or p.max() > last:
+            raise ConfigError(f"{self.name} backend: positions must be in 1..{last} "
+                              f"(cache capacity {self.dims.capacity}), got {p.min()}..{p.max()}")
+        return p
+
+    def _check_output(self, out: StepOutput, b: int) -> StepOutput:
+        k = self.dims.topk
+        if out.topk_ids.shape != (b, k) or out.topk_scores.shape != (b, k) or out.log_z.shape != (b,):
+            raise BundleError(f"{self.name} backend: outputs have shapes {out.topk_ids.shape}, "
+                              f"{out.topk_scores.shape}, {out.log_z.shape}; expected ({b}, {k}) and ({b},)")
+        return StepOutput(out.topk_ids.astype(np.int64, copy=False),
+                          out.topk_scores.astype(np.float32, copy=False),
+                          out.log_z.astype(np.float32, copy=False), out.user_emb)
+
+    # -- the public surface ------------------------------------------------------------------
+    def prefill(self, batch: PrefillBatch) -> tuple[StepOutput, State]:
+        """Encode B histories; returns the first top-K' and a state holding the cache."""
+        self._check_open()
+        d, b = self.dims, batch.batch
+        self._check_batch(b)
+        lengths = _i32(batch.lengths, (b,), "lengths", f"{self.name} backend")
+        if lengths.min() < 1 or lengths.max() > d.max_history:
+            raise ConfigError(f"{self.name} backend: lengths must be in 1..{d.max_history}")
+        checked = PrefillBatch(
+            item_ids=self._ids(batch.item_ids, (b, d.max_history), "item_ids"),
+            lengths=lengths,
+            exclude_ids=self._ids(batch.exclude_ids, (b, d.max_exclude), "exclude_ids"),
+        )
+        if d.needs_timestamps:
+            if batch.timestamps is None or batch.request_time is None:
+                raise ConfigError(f"{self.name} backend: {d.arch} needs timestamps and request_time")
+            checked.timestamps = _i32(batch.timestamps, (b, d.max_history), "timestamps", f"{self.name} backend")
+            checked.request_time = self._time(batch.request_time, b, "request_time")
+        out, state = self._prefill(checked)
+        state.batch = b
+        return self._check_output(out, b), state
+
+    def step(self, state: State, new_item: Any, position: Any, timestamp: Any,
+             exclude_ids: Any) -> StepOutput:
+        """Append ``new_item`` at ``position`` per row (updates ``state``); returns the next top-K'."""
+        self._check_open()
+        b = state.batch
+        out = self._step(state, self._ids(new_item, (b,), "new_item", low=1),
+                         self._position(position, b, self.dims.capacity - 1),
+                         self._time(timestamp, b, "timestamp"),
+                         self._ids(exclude_ids, (b, self.dims.max_exclude), "exclude_ids"))
+        return self._check_output(out, b)
+
+    def reorder(self, state: State, index: Any) -> None:
+        """Make row r of the cache a copy of old row ``index[r]``; the batch may change (a gear)."""
+        self._check_open()
+        idx = np.asarray(index)
+        if idx.ndim != 1 or idx.dtype.kind not in "iu":
+            raise ConfigError(f"{self.name} backend: reorder index must be a 1-D int array")
+        self._check_batch(idx.size)
+        if idx.min() < 0 or idx.max() >= state.batch:
+            raise ConfigError(f"{self.name} backend: reorder index outside 0..{state.batch - 1}")
+        self._reorder(state, np.ascontiguousarray(idx, dtype=np.int64))
+        state.batch = int(idx.size)
+
+    def rank(self, state: State, candidates: Any, position: Any, timestamp: Any) -> np.ndarray:
+        """M-FALCON: (B, M) candidate scores, each as if appended alone at ``position``."""
+        self._check_open()
+        b, m = state.batch, self.dims.rank_candidates
+        scores = self._rank(state, self._ids(candidates, (b, m), "candidates", low=1),
+                            self._position(position, b, self.dims.capacity - 1),
+                            self._time(timestamp, b, "timestamp"))
+        if scores.shape != (b, m):
+            raise BundleError(f"{self.name} backend: rank returned {scores.shape}, expected ({b}, {m})")
+        return scores.astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        """Release sessions and device memory; the backend is unusable afterwards."""
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- what a backend implements -----------------------------------------------------------
+    def _prefill(self, batch: PrefillBatch) -> tuple[StepOutput, State]:
+        raise NotImplementedError
+
+    def _step(self, state: State, new_item: np.ndarray, position: np.ndarray,
+              timestamp: np.ndarray | None, exclude_ids: np.ndarray) -> StepOutput:
+        raise NotImplementedError
+
+    def _reorder(self, state: State, index: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _rank(self, state: State, candidates: np.ndarray, position: np.ndarray,
+              timestamp: np.ndarray | None) -> np.ndarray:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        pass

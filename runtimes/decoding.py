@@ -1,0 +1,384 @@
+"""The shared decoding loop: one implementation, numpy on the host, for every backend.
+
+Three entry points over a ``Backend`` (ARCHITECTURE.md §6):
+
+- ``recommend(backend, requests, k)``: top-k after one prefill (classic retrieval);
+- ``generate(backend, requests, steps, params)``: autoregressive slates, greedy, beam search
+  or sampling, scored with normalised log-probabilities
+  ``log p = topk_score / temperature - log_z`` (the head's ``log_z`` covers the whole
+  catalogue minus exclusions, so nothing of size ``[B, num_items]`` leaves the device);
+- ``rank(backend, requests)``: M-FALCON scores of candidate lists of any length, M at a time.
+
+Batching: requests are taken in order in chunks of at most the largest batch gear, each
+padded up to the smallest gear that holds it (padding rows repeat row 0 and are dropped);
+histories are right-padded to T keeping the most recent T items (``genrec.inputs``).
+
+Exclusions: an item is never returned if it is in the history, the deny list or (generate)
+the slate so far. Up to X of them go to the graph's ``exclude_ids`` (slate first, then deny
+list, then the most recent history); the overflow is filtered on the host from the K'
+candidates, which therefore must hold ``needed + overflow`` items (ConfigError otherwise).
+Overflow ids stay in the graph's ``log_z``: the bundle's X should cover typical histories.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from genrec.errors import ConfigError, DataError
+from genrec.inputs import history_feed
+
+from .base import Backend, PrefillBatch, State, StepOutput
+from .requests import Prepared, Request, Result, request_from_json, validate_request
+
+__all__ = ["Request", "Result", "SearchParams", "generate", "prepare", "rank", "recommend"]
+
+STRATEGIES = ("greedy", "beam", "sample")
+OnBatch = Callable[[int, float], None]  # (requests in the batch, seconds it took)
+
+
+@dataclass
+class SearchParams:
+    """How ``generate`` picks each next item."""
+
+    strategy: str = "greedy"  # greedy | beam | sample
+    num_beams: int = 4  # beam: hypotheses kept per request
+    temperature: float = 1.0  # sample: divides the log-probs before sampling (> 0)
+    top_k: int | None = None  # sample: only the k most likely items (None: all K' returned)
+    top_p: float | None = None  # sample: smallest set with probability >= top_p (None: off)
+    seed: int | None = None  # sample: same seed and requests -> same slates (None: random)
+    length_penalty: float = 0.0  # Result.score = sum(log p) / len**length_penalty (0: plain sum)
+    allow_repeats: bool = False  # allow history items and repeats within a slate
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        if self.num_beams < 1:
+            raise ConfigError(f"num_beams must be >= 1, got {self.num_beams}")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature} (use strategy greedy)")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+# --------------------------------------------------------------------------------------------
+# requests -> validated rows -> padded batches
+
+
+def prepare(backend: Backend, requests: Sequence[Request | dict], need_candidates: bool = False
+            ) -> list[Prepared]:
+    """Validate every request (DataError naming the first bad one) and map it to internal ids."""
+    d, out = backend.dims, []
+    for i, req in enumerate(requests):
+        where = f"request {i}"
+        if isinstance(req, dict):
+            req = request_from_json(req, where)
+        out.append(validate_request(req, backend.item_map, d.needs_timestamps,
+                                    f"{where} (user_id {req.user_id!r})", d.max_history,
+                                    need_candidates))
+    return out
+
+
+def _chunks(backend: Backend, rows: list, batch_size: int | None, per_request: int = 1):
+    largest = max(backend.batch_gears)
+    size = min(batch_size or largest, largest // per_request)  # requests per batch
+    if size < 1:
+        raise ConfigError(f"{per_request} rows per request do not fit the largest batch gear "
+                          f"{largest}; use fewer beams or a bundle with larger gears")
+    for start in range(0, len(rows), size):
+        yield rows[start:start + size]
+
+
+def _gear(backend: Backend, n: int) -> int:
+    return next(g for g in sorted(backend.batch_gears) if g >= n)
+
+
+def _pad(a: np.ndarray | None, g: int) -> np.ndarray | None:
+    """Pad the batch axis to ``g`` rows by repeating row 0 (valid inputs, results dropped)."""
+    if a is None or len(a) == g:
+        return a
+    return np.concatenate([a, np.repeat(a[:1], g - len(a), axis=0)])
+
+
+def _unique(ids: np.ndarray) -> np.ndarray:
+    _, first = np.unique(ids, return_index=True)
+    return ids[np.sort(first)]
+
+
+def _exclude(backend: Backend, lists: list[np.ndarray], needed: int, where: Callable[[int], str]
+             ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Per-row exclusion lists -> (exclude_ids (n, X) int32, overflow ids per row for the host)."""
+    x, k = backend.dims.max_exclude, backend.dims.topk
+    out, overflow = np.zeros((len(lists), x), np.int32), []
+    for i, ids in enumerate(lists):
+        ids = _unique(ids)
+        out[i, :min(x, ids.size)] = ids[:x]
+        overflow.append(ids[x:])
+        if ids.size > x and needed + ids.size - x > k:
+            raise ConfigError(
+                f"{where(i)}: {ids.size} excluded items exceed the bundle's exclude width X={x}; "
+                f"the rest are filtered from the top K'={k}, which must then hold "
+                f"{needed} + {ids.size - x}; re-export with a larger max_exclude or topk")
+    return out, overflow
+
+
+def _candidates(out: StepOutput, row: int, overflow: np.ndarray, temperature: float
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row ``row``'s valid top-K': (ids, raw scores, normalised log-probs), best first."""
+    ids, scores = out.topk_ids[row], out.topk_scores[row]
+    keep = np.isfinite(scores)
+    if overflow.size:
+        keep &= ~np.isin(ids, overflow)
+    ids, scores = ids[keep], scores[keep]
+    return ids, scores, scores.astype(np.float64) / temperature - float(out.log_z[row])
+
+
+@dataclass
+class _Batch:
+    """One chunk after prefill: the state and per-row step inputs (unpadded)."""
+
+    out: StepOutput
+    state: State
+    lengths: np.ndarray  # (n,) int32 history length after truncation to T
+    request_time: np.ndarray | None  # (n,) int32 rebased request time (HSTU step/rank timestamp)
+
+
+def _prefill(backend: Backend, rows: list[Prepared], exclude: np.ndarray) -> _Batch:
+    d, g = backend.dims, _gear(backend, len(rows))
+    feed, _base = history_feed(
+        [r.history for r in rows], d.max_history,
+        [r.times for r in rows] if d.needs_timestamps else None,
+        [r.request_time for r in rows] if d.needs_timestamps else None,
+        with_time=d.needs_timestamps)
+    batch = PrefillBatch(item_ids=_pad(feed["item_ids"], g), lengths=_pad(feed["lengths"], g),
+                         exclude_ids=_pad(exclude, g), timestamps=_pad(feed.get("timestamps"), g),
+                         request_time=_pad(feed.get("request_time"), g))
+    out, state = backend.prefill(batch)
+    return _Batch(out, state, feed["lengths"], feed.get("request_time"))
+
+
+def _raw(backend: Backend, ids: np.ndarray) -> list[int]:
+    return backend.item_map.to_raw(ids).tolist() if len(ids) else []
+
+
+def _timed(on_batch: OnBatch | None, n: int, t0: float) -> None:
+    if on_batch is not None:
+        on_batch(n, time.perf_counter() - t0)
+
+
+def _history_exclusions(rows: list[Prepared], with_history: bool = True) -> list[np.ndarray]:
+    """Deny list first, then the history most recent first (what X keeps when it overflows)."""
+    return [np.concatenate([r.exclude, r.history[::-1]]) if with_history else r.exclude for r in rows]
+
+
+# --------------------------------------------------------------------------------------------
+# recommend
+
+
+def recommend(backend: Backend, requests: Sequence[Request | dict], k: int = 10, *,
+              batch_size: int | None = None, on_batch: OnBatch | None = None) -> list[Result]:
+    """Top-``k`` raw item ids per request after one prefill, history and deny list excluded."""
+    if not 1 <= k <= backend.dims.topk:
+        raise ConfigError(f"k={k} must be in 1..{backend.dims.topk} (the bundle's top K')")
+    rows, results = prepare(backend, requests), []
+    for start, chunk in _enumerate_chunks(backend, rows, batch_size):
+        t0 = time.perf_counter()
+        excl, overflow = _exclude(backend, _history_exclusions(chunk), k,
+                                  lambda i: f"request {start + i}")
+        b = _prefill(backend, chunk, excl)
+        for i, r in enumerate(chunk):
+            ids, scores, _ = _candidates(b.out, i, overflow[i], backend.dims.temperature)
+            results.append(Result(r.user_id, _raw(backend, ids[:k]), scores[:k].tolist()))
+        _timed(on_batch, len(chunk), t0)
+    return results
+
+
+def _enumerate_chunks(backend: Backend, rows: list, batch_size: int | None, per_request: int = 1):
+    start = 0
+    for chunk in _chunks(backend, rows, batch_size, per_request):
+        yield start, chunk
+        start += len(chunk)
+
+
+# --------------------------------------------------------------------------------------------
+# generate
+
+
+def generate(backend: Backend, requests: Sequence[Request | dict], steps: int,
+             params: SearchParams | None = None, *, batch_size: int | None = None,
+             on_batch: OnBatch | None = None) -> list[Result]:
+    """Slates of ``steps`` raw item ids per request; ``Result.scores`` are per-item log-probs."""
+    params = params or SearchParams()
+    d = backend.dims
+    if not 1 <= steps <= d.capacity - d.max_history:
+        raise ConfigError(f"steps={steps} must be in 1..{d.capacity - d.max_history}: the bundle's "
+                          f"cache holds C={d.capacity} = T={d.max_history} history + "
+                          f"{d.capacity - d.max_history} generated items; re-export with a larger "
+                          "max_new_items")
+    beam = params.strategy == "beam"
+    if beam and params.num_beams > d.topk and d.topk < d.num_items:
+        raise ConfigError(f"num_beams={params.num_beams} exceeds the bundle's top K'={d.topk}")
+    rows, results = prepare(backend, requests), []
+    per_request = params.num_beams if beam else 1
+    for start, chunk in _enumerate_chunks(backend, rows, batch_size, per_request):
+        t0 = time.perf_counter()
+        run = _beam_chunk if beam else _greedy_chunk
+        for r, (ids, logps) in zip(chunk, run(backend, chunk, start, steps, params)):
+            total = float(np.sum(logps)) / max(len(logps), 1) ** params.length_penalty
+            results.append(Result(r.user_id, _raw(backend, ids), [float(x) for x in logps], total))
+        _timed(on_batch, len(chunk), t0)
+    return results
+
+
+def _sample(logps: np.ndarray, params: SearchParams, rng: np.random.Generator) -> int:
+    """Index into ``logps`` (sorted best first) drawn with temperature, top-k and top-p."""
+    logits = logps / params.temperature
+    if params.top_k is not None:
+        logits = logits[:params.top_k]
+    p = np.exp(logits - logits.max())
+    cum = np.cumsum(p / p.sum())
+    if params.top_p is not None and params.top_p < 1:
+        cum = cum[:int(np.searchsorted(cum, params.top_p)) + 1]
+    return min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), cum.size - 1)
+
+
+def _no_items(start: int, i: int, s: int) -> ConfigError:
+    return ConfigError(f"request {start + i}: no item left to recommend at step {s + 1} "
+                       "(the catalogue is exhausted by the history, deny list and slate)")
+
+
+def _greedy_chunk(backend: Backend, rows: list[Prepared], start: int, steps: int,
+                  params: SearchParams) -> list[tuple[list[int], list[float]]]:
+    d, n = backend.dims, len(rows)
+    base = _history_exclusions(rows, not params.allow_repeats)
+    rngs = [np.random.default_rng(np.random.SeedSequence(params.seed, spawn_key=(start + i,)))
+            for i in range(n)]
+    slates: list[list[int]] = [[] for _ in rows]
+    logps: list[list[float]] = [[] for _ in rows]
+    where = lambda i: f"request {start + i}"  # noqa: E731
+    excl, overflow = _exclude(backend, base, 1, where)
+    b = _prefill(backend, rows, excl)
+    out, g = b.out, b.state.batch
+    for s in range(steps):
+        if s:
+            lists = base if params.allow_repeats else [
+                np.concatenate([np.asarray(sl[::-1], np.int64), x]) for sl, x in zip(slates, base)]
+            excl, overflow = _exclude(backend, lists, 1, where)
+            out = backend.step(b.state, _pad(np.array([sl[-1] for sl in slates]), g),
+                               _pad(b.lengths + s - 1, g), _pad(b.request_time, g), _pad(excl, g))
+        for i in range(n):
+            ids, _, lp = _candidates(out, i, overflow[i], d.temperature)
+            if not ids.size:
+                raise _no_items(start, i, s)
+            j = 0 if params.strategy == "greedy" else _sample(lp, params, rngs[i])
+            slates[i].append(int(ids[j]))
+            logps[i].append(float(lp[j]))
+    return list(zip(slates, logps))
+
+
+def _beam_chunk(backend: Backend, rows: list[Prepared], start: int, steps: int,
+                params: SearchParams) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Beam search: W hypotheses per request, one cache row each, reordered after every step."""
+    d, n, w = backend.dims, len(rows), params.num_beams
+    base = _history_exclusions(rows, not params.allow_repeats)
+    items = np.zeros((n, w, steps), np.int64)  # slate of every hypothesis
+    logps = np.zeros((n, w, steps))  # log p of each of its items
+    score = np.full((n, w), -np.inf)  # sum of log p; -inf = no hypothesis in this slot
+    excl, overflow = _exclude(backend, base, w, lambda i: f"request {start + i}")
+    b = _prefill(backend, rows, excl)
+    for i in range(n):
+        ids, _, lp = _candidates(b.out, i, overflow[i], d.temperature)
+        if not ids.size:
+            raise _no_items(start, i, 0)
+        m = min(w, ids.size)
+        items[i, :, 0], items[i, :m, 0], logps[i, :m, 0], score[i, :m] = ids[0], ids[:m], lp[:m], lp[:m]
+    if steps > 1:
+        g = _gear(backend, n * w)
+        backend.reorder(b.state, _pad(np.repeat(np.arange(n), w), g))
+        lengths, req = np.repeat(b.lengths, w), None if b.request_time is None else np.repeat(b.request_time, w)
+        base_rows = [base[i] for i in range(n) for _ in range(w)]
+        where = lambda r: f"request {start + r // w}"  # noqa: E731
+    for s in range(1, steps):
+        flat = items.reshape(n * w, steps)
+        lists = base_rows if params.allow_repeats else [
+            np.concatenate([flat[r, :s][::-1], base_rows[r]]) for r in range(n * w)]
+        excl, overflow = _exclude(backend, lists, w, where)
+        out = backend.step(b.state, _pad(flat[:, s - 1], g), _pad(lengths + s - 1, g),
+                           _pad(req, g), _pad(excl, g))
+        parents = np.zeros((n, w), np.int64)
+        for i in range(n):
+            total = np.full((w, d.topk), -np.inf)
+            cand, cand_lp = np.zeros((w, d.topk), np.int64), np.zeros((w, d.topk))
+            for h in range(w):
+                if np.isfinite(score[i, h]):
+                    ids, _, lp = _candidates(out, i * w + h, overflow[i * w + h], d.temperature)
+                    total[h, :ids.size], cand[h, :ids.size], cand_lp[h, :ids.size] = score[i, h] + lp, ids, lp
+            flat_total = total.ravel()
+            best = np.argsort(-flat_total, kind="stable")[:w]  # ties: earlier beam, better rank
+            alive = np.isfinite(flat_total[best])
+            if not alive[0]:
+                raise _no_items(start, i, s)
+            score[i] = np.where(alive, flat_total[best], -np.inf)
+            par, j = np.divmod(np.where(alive, best, best[0]), d.topk)  # dead slots copy the best
+            items[i], logps[i] = items[i, par], logps[i, par]
+            items[i, :, s], logps[i, :, s] = cand[par, j], cand_lp[par, j]
+            parents[i] = i * w + par
+        if s < steps - 1:
+            backend.reorder(b.state, _pad(parents.reshape(-1), g))
+    top = score.argmax(axis=1)  # all slates have the same length: the penalty cannot reorder
+    return [(items[i, top[i]], logps[i, top[i]]) for i in range(n)]
+
+
+# --------------------------------------------------------------------------------------------
+# rank
+
+
+def rank(backend: Backend, requests: Sequence[Request | dict],
+         candidates: Sequence[Sequence[int]] | None = None, *, batch_size: int | None = None,
+         on_batch: OnBatch | None = None) -> list[Result]:
+    """Score each request's candidates (``candidates[i]`` or ``requests[i].candidates``), best first.
+
+    M-FALCON: the history is prefilled once, then the rank graph scores M candidates at a
+    time, each seeing the history and itself only, so every score equals appending that
+    candidate alone; the last microbatch is padded with the row's first candidate.
+    """
+    if candidates is not None:
+        if len(candidates) != len(requests):
+            raise DataError(f"{len(candidates)} candidate lists for {len(requests)} requests")
+        requests = [_with_candidates(r, c) for r, c in zip(requests, candidates)]
+    rows, results = prepare(backend, requests, need_candidates=True), []
+    m = backend.dims.rank_candidates
+    for start, chunk in _enumerate_chunks(backend, rows, batch_size):
+        t0 = time.perf_counter()
+        b = _prefill(backend, chunk, np.zeros((len(chunk), backend.dims.max_exclude), np.int32))
+        g = b.state.batch
+        scores = [np.zeros(r.candidates.size, np.float32) for r in chunk]
+        for j in range(max(math.ceil(r.candidates.size / m) for r in chunk)):
+            block = np.ones((len(chunk), m), np.int64)
+            for i, r in enumerate(chunk):
+                part = r.candidates[j * m:(j + 1) * m]
+                block[i] = r.candidates[0] if r.candidates.size else 1
+                block[i, :part.size] = part
+            out = backend.rank(b.state, _pad(block, g), _pad(b.lengths, g), _pad(b.request_time, g))
+            for i, r in enumerate(chunk):
+                part = scores[i][j * m:(j + 1) * m]
+                part[:] = out[i, :part.size]
+        for r, sc in zip(chunk, scores):
+            order = np.argsort(-sc, kind="stable")
+            results.append(Result(r.user_id, [r.raw_candidates[o] for o in order], sc[order].tolist()))
+        _timed(on_batch, len(chunk), t0)
+    return results
+
+
+def _with_candidates(req: Request | dict, cands: Sequence[int]) -> Request | dict:
+    if isinstance(req, dict):
+        return {**req, "candidates": cands}
+    return Request(req.user_id, req.items, req.timestamps, req.request_time, req.exclude, cands)
+

@@ -1,0 +1,182 @@
+"""The ``onnxruntime`` backend: a bundle's prefill/step/rank graphs on any execution provider.
+
+The cache never leaves the provider's memory. Every run goes through IO binding: ``past_*``
+inputs are bound to the state's OrtValues and ``present_*`` outputs to a second set of
+OrtValues of the same shapes on the same device; after a step the two sets swap
+(double buffering: a graph never reads and writes one buffer). Only the small outputs
+(top-K' ids/scores, log_z, user_emb) are bound to host numpy arrays.
+
+Beam reordering (``reorder``) runs a tiny ONNX graph, one ``Gather(axis=0)`` per cache
+tensor, built at load time from the step graph's cache inputs and run on the same provider
+with the same binding scheme: the index goes in as a small host array, the cache rows are
+gathered device-side into the spare set. This works unchanged on CPU, CUDA and CANN, and
+never maps a cache buffer into numpy (the alternative for CPU only, ``numpy.take`` on views
+of preallocated buffers, was rejected because it would not carry over to device memory).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from genrec.bundle import Bundle
+from genrec.errors import BundleError, ConfigError, MissingBackend
+
+from .base import BackendBase, BundleDims, PrefillBatch, State, StepOutput, open_bundle
+
+PROVIDERS = {  # --provider -> (execution provider, OrtValue device type)
+    "cpu": ("CPUExecutionProvider", "cpu"),
+    "cuda": ("CUDAExecutionProvider", "cuda"),
+    "cann": ("CANNExecutionProvider", "cann"),
+}
+_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32,
+       "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
+
+
+def gather_rows_model(specs: list[tuple[str, list, str]]):
+    """ONNX model ``y.i = Gather(x.i, index, axis=0)`` for each (name, shape, ort type) cache input."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    etype = {"tensor(float)": TensorProto.FLOAT, "tensor(float16)": TensorProto.FLOAT16,
+             "tensor(int32)": TensorProto.INT32, "tensor(int64)": TensorProto.INT64}
+    nodes, inputs, outputs = [], [helper.make_tensor_value_info("index", TensorProto.INT64, ["n"])], []
+    for i, (_, shape, ort_type) in enumerate(specs):
+        inputs.append(helper.make_tensor_value_info(f"x.{i}", etype[ort_type], ["batch", *shape[1:]]))
+        outputs.append(helper.make_tensor_value_info(f"y.{i}", etype[ort_type], ["n", *shape[1:]]))
+        nodes.append(helper.make_node("Gather", [f"x.{i}", "index"], [f"y.{i}"], axis=0))
+    graph = helper.make_graph(nodes, "reorder", inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+
+
+class OrtState(State):
+    def __init__(self, cache: list, spare: list | None = None):
+        self.cache = cache  # OrtValues read by the next run as past_*
+        self.spare = spare  # OrtValues of the same shapes the next run writes (None: allocate)
+
+
+class OrtBackend(BackendBase):
+    """A bundle's graphs in onnxruntime sessions with the cache held in bound OrtValues."""
+
+    name = "onnxruntime"
+
+    def __init__(self, source: Bundle | str | os.PathLike[str], *, precision: str | None = None,
+                 provider: str = "cpu", provider_options: dict | None = None, device_id: int = 0,
+                 intra_op_threads: int | None = None, inter_op_threads: int | None = None,
+                 threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise MissingBackend(f"onnxruntime backend: {e}; pip install onnxruntime") from None
+        bundle = open_bundle(source)
+        super().__init__(BundleDims.from_bundle(bundle), bundle.id_map)
+        if provider not in PROVIDERS:
+            raise ConfigError(f"onnxruntime provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
+        ep, self._device = PROVIDERS[provider]
+        if ep not in ort.get_available_providers():
+            raise MissingBackend(
+                f"onnxruntime provider {provider!r} needs {ep}, which this onnxruntime build lacks "
+                f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu "
+                "for cuda, or an onnxruntime built with CANN (and source CANN's set_env.sh) for cann")
+        self._ort, self._device_id = ort, device_id
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # errors only: graph-optimizer notes are not for users
+        opts.intra_op_num_threads = intra_op_threads or threads or 0  # 0 = onnxruntime's default
+        opts.inter_op_num_threads = inter_op_threads or 0
+        ep_opts = dict(provider_options or {})
+        if provider != "cpu":
+            ep_opts.setdefault("device_id", device_id)
+        providers = [(ep, ep_opts)] + ([] if provider == "cpu" else ["CPUExecutionProvider"])
+        precision = precision or bundle.precisions[0]
+
+        def session(model):
+            return ort.InferenceSession(model, sess_options=opts, providers=providers)
+
+        self.precision = precision
+        self._sess = {g: session(str(bundle.graph_path(g, precision))) for g in ("prefill", "step", "rank")}
+        past = [i for i in self._sess["step"].get_inputs() if i.name.startswith("past_")]
+        if not past:
+            raise BundleError(f"bundle {bundle.path}: step graph has no past_* inputs")
+        self._past = [i.name for i in past]
+        self._present = ["present_" + n[len("past_"):] for n in self._past]
+        self._cache_specs = [(i.name, i.shape, i.type) for i in past]
+        self._gather = session(gather_rows_model(self._cache_specs).SerializeToString())
+
+    # -- buffers and runs --------------------------------------------------------------------
+    def _alloc_cache(self, b: int) -> list:
+        new = self._ort.OrtValue.ortvalue_from_shape_and_type
+        return [new([b, *shape[1:]], _NP[t], self._device, self._device_id)
+                for _, shape, t in self._cache_specs]
+
+    def _run(self, graph: str, feeds: dict[str, np.ndarray], b: int, cache_in: list | None = None,
+             cache_out: list | None = None) -> dict[str, np.ndarray]:
+        """Run one graph: host feeds in, cache bound in/out, small outputs into host arrays."""
+        sess = self._sess[graph]
+        binding = sess.io_binding()
+        for name, arr in feeds.items():
+            binding.bind_cpu_input(name, arr)
+        for name, value in zip(self._past, cache_in or []):
+            binding.bind_ortvalue_input(name, value)
+        host = {}
+        for out in sess.get_outputs():
+            if out.name.startswith("present_"):
+                continue
+            shape = [b if isinstance(d, str) or d is None else d for d in out.shape]
+            host[out.name] = np.empty(shape, dtype=_NP[out.type])
+            binding.bind_ortvalue_output(out.name, self._ort.OrtValue.ortvalue_from_numpy(host[out.name]))
+        for name, value in zip(self._present, cache_out or []):
+            binding.bind_ortvalue_output(name, value)
+        sess.run_with_iobinding(binding)
+        return host
+
+    def _output(self, host: dict[str, np.ndarray]) -> StepOutput:
+        return StepOutput(host["topk_ids"], host["topk_scores"], host["log_z"], host.get("user_emb"))
+
+    def _swap(self, state: OrtState, b: int) -> None:
+        """After a run that wrote into ``state.spare``: make it the cache, keep the old as spare."""
+        state.cache, state.spare = state.spare, state.cache if state.batch == b else None
+
+    # -- the impls ---------------------------------------------------------------------------
+    def _prefill(self, batch: PrefillBatch) -> tuple[StepOutput, State]:
+        b = batch.batch
+        feeds = {"item_ids": batch.item_ids, "lengths": batch.lengths}
+        if self.dims.needs_timestamps:
+            feeds |= {"timestamps": batch.timestamps, "request_time": batch.request_time}
+        feeds["exclude_ids"] = batch.exclude_ids
+        cache = self._alloc_cache(b)
+        host = self._run("prefill", feeds, b, cache_out=cache)
+        return self._output(host), OrtState(cache)
+
+    def _step(self, state: OrtState, new_item, position, timestamp, exclude_ids) -> StepOutput:
+        b = state.batch
+        if state.spare is None:
+            state.spare = self._alloc_cache(b)
+        feeds = {"new_item": new_item, "position": position}
+        if timestamp is not None:
+            feeds["timestamp"] = timestamp
+        feeds["exclude_ids"] = exclude_ids
+        host = self._run("step", feeds, b, cache_in=state.cache, cache_out=state.spare)
+        self._swap(state, b)
+        return self._output(host)
+
+    def _reorder(self, state: OrtState, index: np.ndarray) -> None:
+        n = index.size
+        out = state.spare if state.spare is not None and state.batch == n else self._alloc_cache(n)
+        binding = self._gather.io_binding()
+        binding.bind_cpu_input("index", index)
+        for i, value in enumerate(state.cache):
+            binding.bind_ortvalue_input(f"x.{i}", value)
+            binding.bind_ortvalue_output(f"y.{i}", out[i])
+        self._gather.run_with_iobinding(binding)
+        state.spare = out
+        self._swap(state, n)
+
+    def _rank(self, state: OrtState, candidates, position, timestamp) -> np.ndarray:
+        feeds = {"candidates": candidates, "position": position}
+        if timestamp is not None:
+            feeds["timestamp"] = timestamp
+        return self._run("rank", feeds, state.batch, cache_in=state.cache)["scores"]
+
+    def _close(self) -> None:
+        self._sess, self._gather = {}, None

@@ -1,0 +1,181 @@
+"""Export every backbone, and prove the blocking checks block."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from genrec.bundle import load_bundle
+from genrec.errors import BundleError, ExportError
+from genrec.exporter import export_bundle
+from genrec.exporter.atc_lint import lint_model
+
+from support import ARCHS
+
+
+def leftovers(parent: Path, name: str) -> list[str]:
+    return [p.name for p in parent.iterdir() if p.name.startswith(f".{name}") or p.name == name]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_backbone_exports_and_passes_all_checks(arch, bundles):
+    bundle = load_bundle(bundles[arch])  # verifies checksums and the IO contract
+    m = bundle.manifest
+    assert set(m["graphs"]) == {"prefill", "step", "rank"}
+    assert all(g["exporter"] in ("dynamo", "torchscript") for g in m["graphs"].values())
+    numerics = next(c for c in m["checks"] if c["check"] == "numerics")
+    assert numerics["passed"] and "real test histories" in numerics["data"]
+    assert numerics["batch_sizes"] == [1, 3, 8] and numerics["steps"] >= 5
+    for graph in ("prefill", "step"):
+        entry = numerics["graphs"][graph]
+        assert entry["user_emb"]["max_abs"] < 1e-4
+        assert entry["topk_ids_mismatch_rows"] == 0 and entry["topk_ids_rows"] > 0
+    assert numerics["graphs"]["rank"]["scores"]["max_abs"] < 1e-4
+    # one bundle serves ATC too: opset 18, int32 ids, batch the only dynamic axis, lint clean
+    for name in ("prefill", "step", "rank"):
+        path = bundle.graph_path(name)
+        assert not [f for f in lint_model(path) if f.severity == "error"], name
+        spec = bundle.graph_spec(name)
+        for io in spec["inputs"] + spec["outputs"]:
+            assert all(isinstance(d, int) and d > 1 for d in io["shape"][1:]), io
+            assert io["dtype"] != "int64", io
+    assert m["id_map"][:3] == sorted(m["id_map"])[:3] and len(m["id_map"]) == m["num_items"]
+
+
+def test_bundle_graph_matches_checkpoint_on_a_fresh_session(bundles):
+    """The bundle's graph, run in a fresh session, reproduces the copied checkpoint's numbers."""
+    import torch
+
+    from genrec.checkpoint import load_checkpoint
+    from genrec.exporter.graphs import GraphDims, PrefillGraph
+    from genrec.inputs import history_feed, pad_rows
+
+    b = load_bundle(bundles["llama"])
+    model = load_checkpoint(b.checkpoint_path).model
+    hist = [np.array([5, 9, 40, 2]), np.array([7]), np.arange(1, 30)]
+    feed, _ = history_feed(hist, b.max_history)
+    feed["exclude_ids"] = pad_rows([h[-b.max_history:] for h in hist], b.max_exclude)
+    sess = ort.InferenceSession(str(b.graph_path("prefill")), providers=["CPUExecutionProvider"])
+    got = sess.run(None, feed)
+    dims = GraphDims(b.max_history, b.capacity, b.topk, b.max_exclude, b.rank_candidates)
+    graph = PrefillGraph(model, dims)
+    with torch.no_grad():
+        ref = graph(*(torch.from_numpy(feed[n]) for n in graph.input_names()))
+    np.testing.assert_allclose(got[0], ref[0].numpy(), atol=1e-5)
+    np.testing.assert_array_equal(got[1], ref[1].numpy())
+    assert not set(got[1][0]) & {5, 9, 40, 2, 0}  # history and padding excluded
+
+
+def test_broken_graph_is_caught_by_numeric_check_and_leaves_nothing(tmp_path, checkpoints):
+    def swap_op(name, proto):
+        if name == "step":  # SiLU's Sigmoid -> Tanh: still a valid graph, wrong numbers
+            for node in proto.graph.node:
+                if node.op_type == "Sigmoid":
+                    node.op_type = "Tanh"
+                    break
+            else:
+                raise AssertionError("no Sigmoid to swap")
+        return proto
+
+    out = tmp_path / "bundle"
+    with pytest.raises(ExportError) as err:
+        export_bundle(checkpoints["llama"], out, batch_gears=(1, 4), topk=20, graph_hook=swap_op)
+    msg = str(err.value)
+    assert "step.onnx failed the numeric check" in msg and "worst input" in msg or "topk_ids" in msg
+    assert leftovers(tmp_path, "bundle") == []
+
+
+def test_existing_bundle_needs_force(tmp_path, bundles):
+    out = tmp_path / "bundle"
+    shutil.copytree(bundles["gpt"], out)
+    before = (out / "manifest.json").read_text()
+    ckpt = out / "model.pt"
+    copy = tmp_path / "model.pt"
+    shutil.copy(ckpt, copy)
+    with pytest.raises(ExportError, match="--force"):
+        export_bundle(copy, out, batch_gears=(1, 4), topk=20)
+    assert (out / "manifest.json").read_text() == before
+    export_bundle(copy, out, batch_gears=(1, 4), topk=20, force=True)
+    after = json.loads((out / "manifest.json").read_text())
+    assert after["batch_gears"] == [1, 4] and after["topk"] == 20
+    assert leftovers(tmp_path, "bundle") == ["bundle"]
+
+
+def test_tampered_or_incomplete_bundle_is_refused_by_name(tmp_path, bundles):
+    out = tmp_path / "b"
+    shutil.copytree(bundles["sasrec"], out)
+    load_bundle(out)
+    data = bytearray((out / "step.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (out / "step.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="step.onnx"):
+        load_bundle(out)
+    res = subprocess.run([sys.executable, "-m", "genrec", "inspect", str(out)], capture_output=True, text=True)
+    assert res.returncode == 1 and "step.onnx" in res.stderr and "Traceback" not in res.stderr
+    (out / "step.onnx").unlink()
+    with pytest.raises(BundleError, match="step.onnx"):
+        load_bundle(out)
+
+
+def test_interrupted_export_leaves_nothing_behind(tmp_path, checkpoints):
+    out = tmp_path / "bundle"
+    proc = subprocess.Popen([sys.executable, "-m", "genrec", "export", str(checkpoints["hstu"]), "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(p.name.startswith(".bundle") for p in tmp_path.iterdir()):
+        time.sleep(0.2)
+    assert any(p.name.startswith(".bundle") for p in tmp_path.iterdir()), "export never started writing"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert leftovers(tmp_path, "bundle") == []
+
+
+def test_external_data_and_lower_opset(tmp_path, checkpoints):
+    """Weights past the threshold go to <graph>.onnx.data; opset 16 still passes every check."""
+    out = tmp_path / "bundle"
+    bundle = export_bundle(checkpoints["sasrec"], out, opset=16, batch_gears=(1, 4), topk=20,
+                           external_data_threshold=64 * 1024)
+    files = bundle.manifest["files"]
+    assert {"prefill.onnx.data", "step.onnx.data", "rank.onnx.data"} <= set(files)
+    model = onnx.load(str(out / "prefill.onnx"), load_external_data=False)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 16
+    assert "LayerNormalization" not in {n.op_type for n in model.graph.node}  # not in opset 16
+    sess = ort.InferenceSession(str(out / "prefill.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].name == "item_ids"
+
+
+def test_cli_export_inspect_and_bad_input(tmp_path, checkpoints):
+    out = tmp_path / "b"
+    cmd = [sys.executable, "-m", "genrec", "export", str(checkpoints["gpt"]), "-o", str(out),
+           "--batch-gears", "1,4", "--topk", "20", "--max-history", "12", "--target", "ascend"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "export checks" in res.stdout and "user_emb" in res.stdout
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["max_history"] == 12 and m["capacity"] == 20 and m["target"] == "ascend"
+    res = subprocess.run([sys.executable, "-m", "genrec", "inspect", str(out), "--target", "ascend"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and "past_key.0" in res.stdout and "MatMul" in res.stdout
+    assert "ATC lint: clean" in res.stdout
+    bad = tmp_path / "notours.pt"
+    bad.write_bytes(b"not a checkpoint")
+    res = subprocess.run([sys.executable, "-m", "genrec", "export", str(bad), "-o", str(tmp_path / "x")],
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and res.stderr.startswith("error: ") and len(res.stderr.splitlines()) == 1
+    res = subprocess.run(cmd[:6] + [str(tmp_path / "y"), "--max-history", "500"], capture_output=True, text=True)
+    assert res.returncode == 1 and "--max-history 500" in res.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -1,0 +1,70 @@
+"""Request validation: every bad request is a DataError that names it and says what is wrong."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from genrec.data import ItemMap
+from genrec.errors import DataError
+from genrec.runtimes import Request
+from genrec.runtimes.requests import request_from_json, validate_request
+
+ITEMS = ItemMap.from_list([10, 20, 30, 40, 50])
+
+
+def check(req, hstu=True, **kw):
+    return validate_request(req, ITEMS, hstu, "line 7", max_history=3, **kw)
+
+
+def test_valid_request_maps_raw_to_internal_ids():
+    p = check(Request("u", [30, 10, 50], [1, 2, 2], exclude=[20], candidates=[40, 10]))
+    assert p.history.tolist() == [3, 1, 5] and p.exclude.tolist() == [2]
+    assert p.candidates.tolist() == [4, 1] and p.raw_candidates == [40, 10]
+    assert p.request_time == 2  # defaults to the last timestamp
+    p = check(Request("u", np.array([20]), None), hstu=False)  # timestamps optional off HSTU
+    assert p.history.tolist() == [2] and p.times is None
+
+
+@pytest.mark.parametrize("req, message", [
+    (Request("u", [10, 99], [1, 2]), "line 7: unknown item id 99 in items"),
+    (Request("u", [10], [1], exclude=[7, 8]), "unknown item id 7 \\(and 1 more\\) in exclude"),
+    (Request("u", [10], [1], candidates=[20, 1000]), "unknown item id 1000 in candidates"),
+    (Request("u", [10, -20], [1, 2]), "negative item id -20"),
+    (Request("u", [10, 2.5], [1, 2]), r"items\[1\] is 2.5, not an integer"),
+    (Request("u", [10, True], [1, 2]), r"items\[1\] is True, not an integer"),
+    (Request("u", "10 20", [1]), "items must be a list of integers"),
+    (Request("u", [], []), "empty history"),
+    (Request("u", [10, 20], None), "timestamps are required by this model \\(hstu\\)"),
+    (Request("u", [10, 20, 30], [5, 9, 7]), "timestamps go backwards at index 2 \\(7 after 9\\)"),
+    (Request("u", [10, 20], [5]), "2 items but 1 timestamps"),
+    (Request("u", [10, 20], [5, 6], request_time=4), "request_time 4 is before the last history timestamp 6"),
+    (Request("u", [10, 20], [5, 6], request_time="soon"), "request_time is 'soon', not an integer"),
+    (Request("u", [10, 20, 30, 40], [0, 1, 2**31, 2**31 + 1]), "more than int32 holds"),
+])
+def test_bad_requests_are_named_data_errors(req, message):
+    with pytest.raises(DataError, match=message):
+        check(req)
+
+
+def test_rank_needs_candidates_and_old_times_beyond_t_are_ignored():
+    with pytest.raises(DataError, match="line 7: no candidates to rank"):
+        check(Request("u", [10], [1]), need_candidates=True)
+    # only the last T=3 timestamps are rebased into int32; an old first one does not matter
+    check(Request("u", [10, 20, 30, 40], [-(2**40), 1, 2, 3]))
+
+
+@pytest.mark.parametrize("obj, message", [
+    ([1, 2], "line 3: expected a JSON object, got list"),
+    ({"items": [10]}, "missing 'user_id'"),
+    ({"user_id": 1}, "missing 'items'"),
+    ({"user_id": 1, "items": [10], "itmes": []}, "unknown field\\(s\\) itmes"),
+])
+def test_json_objects_are_checked(obj, message):
+    with pytest.raises(DataError, match=message):
+        request_from_json(obj, "line 3")
+
+
+def test_json_nulls_mean_absent():
+    req = request_from_json({"user_id": 3, "items": [10], "timestamps": None, "exclude": None}, "l")
+    assert req.timestamps is None and req.exclude == ()
