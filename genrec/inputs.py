@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .data import pad_batch
+from .errors import DataError
 
 
 def pad_rows(rows: Sequence[Sequence[int]], width: int) -> np.ndarray:
@@ -43,6 +44,9 @@ def history_feed(histories: Sequence[np.ndarray], max_len: int,
             base = ts[:, 0].copy()
             ts = np.where(ids != 0, ts - base[:, None], 0)
             req = np.asarray(request_times, dtype=np.int64) - base
+            if ts.size and (max(int(ts.max()), int(req.max())) >= 2 ** 31 or int(req.min()) < -(2 ** 31)):
+                raise DataError("timestamps span more than 68 years after rebasing; HSTU expects "
+                                "unix seconds (are these milliseconds?)")
         feed["timestamps"] = ts.astype(np.int32)
         feed["request_time"] = req.astype(np.int32)
     return feed, base

@@ -49,8 +49,9 @@ class BundleDims:
             arch=bundle.arch, num_items=bundle.num_items, max_history=bundle.max_history,
             capacity=bundle.capacity, topk=bundle.topk, max_exclude=bundle.max_exclude,
             rank_candidates=bundle.rank_candidates, batch_gears=tuple(sorted(bundle.batch_gears)),
-            needs_timestamps=bundle.arch == "hstu",
-            temperature=float(bundle.config.get("temperature", 0.05)),
+            needs_timestamps=any(i["name"] == "timestamps" for i in
+                                 bundle.graph_spec("prefill", bundle.precisions[0])["inputs"]),
+            temperature=float(bundle.config["temperature"]),
         )
 
 

@@ -87,13 +87,14 @@ def prepare(backend: Backend, requests: Sequence[Request | dict], need_candidate
 
 
 def _chunks(backend: Backend, rows: list, batch_size: int | None, per_request: int = 1):
+    """(index of the first request, requests) in order, at most a gear's worth of rows each."""
     largest = max(backend.batch_gears)
     size = min(batch_size or largest, largest // per_request)  # requests per batch
     if size < 1:
         raise ConfigError(f"{per_request} rows per request do not fit the largest batch gear "
                           f"{largest}; use fewer beams or a bundle with larger gears")
     for start in range(0, len(rows), size):
-        yield rows[start:start + size]
+        yield start, rows[start:start + size]
 
 
 def _gear(backend: Backend, n: int) -> int:
@@ -188,7 +189,7 @@ def recommend(backend: Backend, requests: Sequence[Request | dict], k: int = 10,
     if not 1 <= k <= backend.dims.topk:
         raise ConfigError(f"k={k} must be in 1..{backend.dims.topk} (the bundle's top K')")
     rows, results = prepare(backend, requests), []
-    for start, chunk in _enumerate_chunks(backend, rows, batch_size):
+    for start, chunk in _chunks(backend, rows, batch_size):
         t0 = time.perf_counter()
         excl, overflow = _exclude(backend, _history_exclusions(chunk), k,
                                   lambda i: f"request {start + i}")
@@ -198,13 +199,6 @@ def recommend(backend: Backend, requests: Sequence[Request | dict], k: int = 10,
             results.append(Result(r.user_id, _raw(backend, ids[:k]), scores[:k].tolist()))
         _timed(on_batch, len(chunk), t0)
     return results
-
-
-def _enumerate_chunks(backend: Backend, rows: list, batch_size: int | None, per_request: int = 1):
-    start = 0
-    for chunk in _chunks(backend, rows, batch_size, per_request):
-        yield start, chunk
-        start += len(chunk)
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,7 +221,7 @@ def generate(backend: Backend, requests: Sequence[Request | dict], steps: int,
         raise ConfigError(f"num_beams={params.num_beams} exceeds the bundle's top K'={d.topk}")
     rows, results = prepare(backend, requests), []
     per_request = params.num_beams if beam else 1
-    for start, chunk in _enumerate_chunks(backend, rows, batch_size, per_request):
+    for start, chunk in _chunks(backend, rows, batch_size, per_request):
         t0 = time.perf_counter()
         run = _beam_chunk if beam else _greedy_chunk
         for r, (ids, logps) in zip(chunk, run(backend, chunk, start, steps, params)):
@@ -299,12 +293,13 @@ def _beam_chunk(backend: Backend, rows: list[Prepared], start: int, steps: int,
             raise _no_items(start, i, 0)
         m = min(w, ids.size)
         items[i, :, 0], items[i, :m, 0], logps[i, :m, 0], score[i, :m] = ids[0], ids[:m], lp[:m], lp[:m]
+    g = _gear(backend, n * w)  # one cache row per hypothesis from here on
+    lengths = np.repeat(b.lengths, w)
+    req = None if b.request_time is None else np.repeat(b.request_time, w)
+    base_rows = [base[i] for i in range(n) for _ in range(w)]
+    where = lambda r: f"request {start + r // w}"  # noqa: E731
     if steps > 1:
-        g = _gear(backend, n * w)
         backend.reorder(b.state, _pad(np.repeat(np.arange(n), w), g))
-        lengths, req = np.repeat(b.lengths, w), None if b.request_time is None else np.repeat(b.request_time, w)
-        base_rows = [base[i] for i in range(n) for _ in range(w)]
-        where = lambda r: f"request {start + r // w}"  # noqa: E731
     for s in range(1, steps):
         flat = items.reshape(n * w, steps)
         lists = base_rows if params.allow_repeats else [
@@ -355,7 +350,7 @@ def rank(backend: Backend, requests: Sequence[Request | dict],
         requests = [_with_candidates(r, c) for r, c in zip(requests, candidates)]
     rows, results = prepare(backend, requests, need_candidates=True), []
     m = backend.dims.rank_candidates
-    for start, chunk in _enumerate_chunks(backend, rows, batch_size):
+    for start, chunk in _chunks(backend, rows, batch_size):
         t0 = time.perf_counter()
         b = _prefill(backend, chunk, np.zeros((len(chunk), backend.dims.max_exclude), np.int32))
         g = b.state.batch

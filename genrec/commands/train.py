@@ -133,7 +133,10 @@ def evaluate_command(checkpoint, data, fmt, sep, which, json_out, baseline):
     rows = {ckpt.config.arch: evaluate(ckpt.model, split.examples(which))}
     if baseline:
         rows["most-popular"] = ranking_metrics(most_popular_ranks(split, which))
-    Console().print(format_metrics_table(rows, title=f"{which} split, {len(split):,} users"))
+    console = Console()
+    if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
+        console = Console(width=160)
+    console.print(format_metrics_table(rows, title=f"{which} split, {len(split):,} users"))
     if json_out:
         with atomic_file(Path(json_out)) as f:
             json.dump(rows, f, indent=2)

@@ -58,6 +58,16 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
+def take_row(x: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
+    """x[b, ..., index[b], ...] along ``dim``, keeping that axis with size 1."""
+    shape = [1] * x.dim()
+    shape[0] = x.shape[0]
+    idx = index.view(shape)
+    expand = list(x.shape)
+    expand[dim] = 1
+    return x.gather(dim, idx.expand(expand))
+
+
 def write_at(cache: torch.Tensor, new: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
     """Write ``new`` (B, H, 1, dh) into ``cache`` (B, H, C, dh) at ``position`` (B,), shape-preserving."""
     slots = torch.arange(cache.shape[2], device=cache.device)
@@ -78,12 +88,16 @@ def pad_to(x: torch.Tensor, capacity: int, dim: int = 2) -> torch.Tensor:
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """(B, L, H*dh) -> (B, H, L, dh)."""
     b, l, _ = x.shape
+    if heads == 1:  # same memory layout: skip the Transpose node onnxruntime would materialise
+        return x.unsqueeze(1)
     return x.view(b, l, heads, -1).transpose(1, 2)
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
     """(B, H, L, dh) -> (B, L, H*dh)."""
     b, h, l, dh = x.shape
+    if h == 1:
+        return x.squeeze(1)
     return x.transpose(1, 2).reshape(b, l, h * dh)
 
 
@@ -166,10 +180,17 @@ class GenerativeRecommender(nn.Module, abc.ABC):
                 f"capacity {capacity} must exceed the history length {item_ids.shape[1]} "
                 f"and be at most {self.config.capacity}"
             )
-        h, cache = self.encode(item_ids, lengths, timestamps, request_time)
-        last = (lengths.long() - 1).clamp_min(0)[:, None, None].expand(-1, 1, h.shape[-1])
-        user = h.gather(1, last).squeeze(1)  # (B, d)
+        user, cache = self.encode_last(item_ids, lengths, timestamps, request_time)
         return self.output_vector(user), tuple(self._pad_cache(c, capacity) for c in cache)
+
+    @abc.abstractmethod
+    def encode_last(self, item_ids, lengths, timestamps=None, request_time=None) -> tuple[torch.Tensor, Cache]:
+        """Like ``encode`` but returns only the hidden state at ``length-1`` (B, d).
+
+        Serving needs one output row, so the last layer attends for that row only (the
+        "logits at the last position only" of nanoGPT); earlier layers still run in full
+        because their outputs feed the last layer's keys and values.
+        """
 
     def _pad_cache(self, c: torch.Tensor, capacity: int) -> torch.Tensor:
         return pad_to(c, capacity, dim=c.dim() - 2 if c.dim() == 4 else 1)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Cache, GenerativeRecommender, ModelConfig, merge_heads, split_heads, write_at
+from .base import Cache, GenerativeRecommender, ModelConfig, merge_heads, split_heads, take_row, write_at
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,26 @@ class HSTUConfig(ModelConfig):
     bucket_divisor: float = 0.301  # log-bucket width, timestamps in seconds
 
 
+MASKED = -1.0e4  # added to the bias outside the causal window: SiLU(x - 1e4) is exactly 0 in fp32/fp16
+
+
 def time_buckets(delta: torch.Tensor, num_buckets: int, divisor: float) -> torch.Tensor:
-    """bucket(Δ) = clamp(trunc(ln(max(|Δ|, 1)) / divisor), 0, num_buckets), computed in fp32."""
+    """bucket(Δ) = clamp(trunc(ln(max(|Δ|, 1)) / divisor), 0, num_buckets), computed in fp32.
+
+    Δ is int32 (timestamps are rebased per history, see genrec.inputs), which halves the
+    memory traffic of the one (B, T, T) pass that all layers share.
+    """
     mag = delta.abs().clamp_min(1).to(torch.float32)
-    return (torch.log(mag) / divisor).to(torch.int64).clamp(0, num_buckets)
+    bucket = (torch.log(mag) * (1.0 / divisor)).to(torch.int32)
+    if math.log(2.0 ** 31) / divisor < num_buckets:  # int32 Δ can't reach the top bucket: no clamp
+        return bucket
+    return bucket.clamp_max(num_buckets)
+
+
+def lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """table[index] for a 1-D table as one flat Gather; ``table[index]`` with an N-D index
+    exports as GatherND, which onnxruntime runs several times slower."""
+    return table.index_select(0, index.reshape(-1)).view(index.shape)
 
 
 class HSTULayer(nn.Module):
@@ -77,22 +93,33 @@ class HSTULayer(nn.Module):
 
     def bias(self, rel_index: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:
         """rab = w_pos[rel_index] + w_ts[buckets]; rel_index broadcasts against buckets."""
-        return self.w_pos[rel_index] + self.w_ts[buckets]
+        return lookup(self.w_pos, rel_index) + lookup(self.w_ts, buckets)
 
     def forward(self, x, rel_index, buckets, causal):
         u, v, q, k = self._project(x)  # q, k, v: (B, H, T, d)
-        s = q @ k.transpose(-1, -2) + self.bias(rel_index, buckets)[:, None]  # (B, H, T, T)
-        a = torch.where(causal, F.silu(s), torch.zeros_like(s))
-        return self._finish(x, u, a @ v), k, v
+        # the causal mask rides on the batch-independent (T, T) position bias: SiLU(s - 1e4) = 0
+        pos_bias = lookup(self.w_pos, rel_index) + torch.where(causal, 0.0, MASKED)  # (T, T)
+        s = q @ k.transpose(-1, -2) + (pos_bias + lookup(self.w_ts, buckets))[:, None]  # (B, H, T, T)
+        return self._finish(x, u, F.silu(s) @ v), k, v
+
+    def _attend_row(self, x, u, q, k_all, v_all, position, rel_row, bucket_row):
+        """One query row per batch at ``position`` against keys at slots <= position."""
+        slots = torch.arange(k_all.shape[2], device=x.device)
+        valid = (slots[None, :] <= position[:, None])[:, None, None, :]
+        s = q @ k_all.transpose(-1, -2) + self.bias(rel_row, bucket_row)[:, None, None, :]
+        a = torch.where(valid, F.silu(s), torch.zeros_like(s))
+        return self._finish(x, u, a @ v_all)
+
+    def last_row(self, x, position, rel_row, bucket_row):
+        """Full K/V (for the cache), attention output for the row at ``position`` only."""
+        u, v, q, k = self._project(x)
+        x_row, u_row, q_row = take_row(x, position, 1), take_row(u, position, 1), take_row(q, position, 2)
+        return self._attend_row(x_row, u_row, q_row, k, v, position, rel_row, bucket_row)[:, 0], k, v
 
     def step(self, x, position, rel_row, bucket_row, k_cache, v_cache):
         u, v, q, k = self._project(x)  # (B, H, 1, d)
         k_cache, v_cache = write_at(k_cache, k, position), write_at(v_cache, v, position)
-        slots = torch.arange(k_cache.shape[2], device=x.device)
-        valid = (slots[None, :] <= position[:, None])[:, None, None, :]
-        s = q @ k_cache.transpose(-1, -2) + self.bias(rel_row, bucket_row)[:, None, None, :]
-        a = torch.where(valid, F.silu(s), torch.zeros_like(s))
-        return self._finish(x, u, a @ v_cache), k_cache, v_cache
+        return self._attend_row(x, u, q, k_cache, v_cache, position, rel_row, bucket_row), k_cache, v_cache
 
     def rank(self, x, position, rel_row, bucket_row, k_cache, v_cache):
         u, v, q, k = self._project(x)  # (B, H, M, d): candidates, all at ``position``
@@ -101,7 +128,7 @@ class HSTULayer(nn.Module):
         s_hist = q @ k_cache.transpose(-1, -2) + self.bias(rel_row, bucket_row)[:, None, None, :]
         a_hist = torch.where(valid, F.silu(s_hist), torch.zeros_like(s_hist))  # (B, H, M, C)
         # a candidate sees itself at relative offset 0 and time difference 0 (bucket 0)
-        s_self = (q * k).sum(-1, keepdim=True) + self.w_pos[self.n - 1] + self.w_ts[0]
+        s_self = (q * k).sum(-1, keepdim=True) + self.w_pos[self.n - 1] + self.w_ts[0]  # offset 0, Δt 0
         return self._finish(x, u, a_hist @ v_cache + F.silu(s_self) * v)
 
 
@@ -133,21 +160,32 @@ class HSTU(GenerativeRecommender):
         return time_buckets(delta, self.config.num_buckets, self.config.bucket_divisor)
 
     def encode(self, item_ids, lengths, timestamps=None, request_time=None):
+        return self._encode(item_ids, lengths, timestamps, request_time, last_only=False)
+
+    def encode_last(self, item_ids, lengths, timestamps=None, request_time=None):
+        return self._encode(item_ids, lengths, timestamps, request_time, last_only=True)
+
+    def _encode(self, item_ids, lengths, timestamps, request_time, last_only):
         if timestamps is None or request_time is None:
             raise ValueError("HSTU needs timestamps and request_time")
         b, t = item_ids.shape
         pos = torch.arange(t, device=item_ids.device)
         x = self._embed(item_ids, pos[None, :])
-        ts = timestamps.long()
+        ts = timestamps.to(torch.int32)
         nxt = torch.cat([ts[:, 1:], ts[:, -1:]], dim=1)  # t[i+1]
         last = pos[None, :] == (lengths.long() - 1)[:, None]
-        nxt = torch.where(last, request_time.long()[:, None], nxt)  # last position: request time
+        nxt = torch.where(last, request_time.to(torch.int32)[:, None], nxt)  # last position: request time
         buckets = self._buckets(nxt[:, :, None] - ts[:, None, :])  # (B, T, T), shared by layers
         rel = (self.n - 1) + pos[None, :] - pos[:, None]  # (T, T) constant
         causal = pos[None, :] <= pos[:, None]
         cache: list[torch.Tensor] = []
-        for layer in self.layers:
-            x, k, v = layer(x, rel, buckets, causal)
+        final = lengths.long() - 1
+        for i, layer in enumerate(self.layers):
+            if last_only and i == len(self.layers) - 1:
+                rel_row = (self.n - 1) + pos[None, :] - final[:, None]  # (B, T)
+                x, k, v = layer.last_row(x, final, rel_row, take_row(buckets, final, 1)[:, 0])
+            else:
+                x, k, v = layer(x, rel, buckets, causal)
             cache += [k, v]
         return x, tuple(cache) + (ts,)
 
@@ -160,7 +198,7 @@ class HSTU(GenerativeRecommender):
     def _step(self, new_item, position, timestamp, cache: Cache):
         if timestamp is None:
             raise ValueError("HSTU needs a timestamp per step (the request time)")
-        ts = timestamp.long()
+        ts = timestamp.to(torch.int32)
         ts_cache = write_at(cache[-1][:, None, :, None], ts[:, None, None, None], position)[:, 0, :, 0]
         rel, buckets = self._rows(position, ts, ts_cache)
         x = self._embed(new_item[:, None], position[:, None])
@@ -173,7 +211,7 @@ class HSTU(GenerativeRecommender):
     def _rank(self, candidates, position, timestamp, cache: Cache):
         if timestamp is None:
             raise ValueError("HSTU needs the request time to rank candidates")
-        rel, buckets = self._rows(position, timestamp.long(), cache[-1])
+        rel, buckets = self._rows(position, timestamp.to(torch.int32), cache[-1])
         x = self._embed(candidates, position[:, None].expand_as(candidates))
         for i, layer in enumerate(self.layers):
             x = layer.rank(x, position, rel, buckets, cache[2 * i], cache[2 * i + 1])

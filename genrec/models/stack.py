@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .attention import cached_attention, candidate_attention, causal_attention
-from .base import Cache, GenerativeRecommender, merge_heads, write_at
+from .base import Cache, GenerativeRecommender, merge_heads, take_row, write_at
 
 
 class CachedBlock(nn.Module, abc.ABC):
@@ -40,6 +40,14 @@ class CachedBlock(nn.Module, abc.ABC):
         q, k, v, ctx = self.project(x, pos)
         a = causal_attention(q, k, v, self.scale, self.attn_dropout, self.training)
         return self.finish(x, ctx, merge_heads(a)), k, v
+
+    def last_row(self, x, pos, position):
+        """Full K/V (for the cache) but attention for the row at ``position`` only."""
+        q, k, v, ctx = self.project(x, pos)
+        q_row, x_row = take_row(q, position, 2), take_row(x, position, 1)
+        ctx_row = None if ctx is None else take_row(ctx, position, 1)
+        a = cached_attention(q_row, k, v, position, self.scale)
+        return self.finish(x_row, ctx_row, merge_heads(a))[:, 0], k, v
 
     def step(self, x, pos, position, k_cache, v_cache):
         q, k, v, ctx = self.project(x, pos)  # L = 1
@@ -75,6 +83,22 @@ class SoftmaxBackbone(GenerativeRecommender):
             x, k, v = blk(x, pos)
             if self.mask_padding:
                 x = x * valid
+            cache += [k, v]
+        return self.final_norm(x), tuple(cache)
+
+    def encode_last(self, item_ids, lengths, timestamps=None, request_time=None):
+        b, t = item_ids.shape
+        pos = torch.arange(t, device=item_ids.device)[None, :].expand(b, t)
+        valid = (item_ids != 0).unsqueeze(-1).to(self.item_emb.weight.dtype)
+        x = self.embed(item_ids, pos) * valid
+        last = lengths.long() - 1
+        cache: list[torch.Tensor] = []
+        for i, blk in enumerate(self.blocks):
+            if i < len(self.blocks) - 1:
+                x, k, v = blk(x, pos)
+                x = x * valid if self.mask_padding else x
+            else:
+                x, k, v = blk.last_row(x, pos, last)  # (B, d)
             cache += [k, v]
         return self.final_norm(x), tuple(cache)
 

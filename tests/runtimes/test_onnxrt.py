@@ -29,6 +29,8 @@ def test_cache_never_leaves_ortvalues_in_the_loop(backends, requests, monkeypatc
         raise AssertionError("a cache OrtValue was copied to numpy")
 
     monkeypatch.setattr(ort.OrtValue, "numpy", forbidden)
+    with pytest.raises(AssertionError):  # the trap is armed
+        ort.OrtValue.ortvalue_from_numpy(np.zeros(2, np.float32)).numpy()
     generate(backend, requests, 3, SearchParams("beam", num_beams=2))
     rank(backend, requests)
 
@@ -59,7 +61,7 @@ def test_reorder_selects_and_expands_rows_like_torch(arch, backends, beauty):
         ts = None if feed.get("request_time") is None else feed["request_time"][index]
         step = backend.step(state, out.topk_ids[index, 0], feed["lengths"][index], ts,
                             np.zeros((8, backend.dims.max_exclude), np.int32))
-        cands = np.tile(out.topk_ids[index, 1:1 + backend.dims.rank_candidates], 1)
+        cands = out.topk_ids[index, 1:1 + backend.dims.rank_candidates]
         scores = backend.rank(state, cands, feed["lengths"][index] + 1, ts)
         outs.append((step, scores))
     (t_step, t_scores), (o_step, o_scores) = outs
