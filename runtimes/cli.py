@@ -67,7 +67,8 @@ def _summary(n: int, skipped: int, latencies: list[float]) -> str:
         return f"{n} requests" + (f", {skipped} skipped" if skipped else "")
     p50, p99 = np.percentile(latencies, [50, 99]) * 1e3
     return (f"{n} requests" + (f", {skipped} skipped" if skipped else "")
-            + f" in {len(latencies)} batch{'es' if len(latencies) > 1 else ''}: p50 {p50:.1f} ms, p99 {p99:.1f} ms per batch, "
+            + f" in {len(latencies)} batch{'es' if len(latencies) > 1 else ''}: "
+            f"p50 {p50:.1f} ms, p99 {p99:.1f} ms per batch, "
             f"{n / total if total > 0 else math.inf:.1f} requests/s")
 
 
@@ -89,7 +90,8 @@ def _summary(n: int, skipped: int, latencies: list[float]) -> str:
 @click.option("--k", type=click.IntRange(min=1), default=10, show_default=True, help="Items per request (recommend).")
 @click.option("--generate", "steps", type=click.IntRange(min=1), default=None, metavar="N",
               help="Generate slates of N items instead of one-shot top-k.")
-@click.option("--strategy", type=click.Choice(STRATEGIES), default=None, help="How --generate picks items. [default: greedy]")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default=None,
+              help="How --generate picks items. [default: greedy]")
 @click.option("--beams", type=click.IntRange(min=1), default=None, help="Beam width (--strategy beam). [default: 4]")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Sampling temperature (--strategy sample). [default: 1.0]")

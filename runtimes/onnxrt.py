@@ -36,7 +36,6 @@ _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32
 
 def gather_rows_model(specs: list[tuple[str, list, str]]):
     """ONNX model ``y.i = Gather(x.i, index, axis=0)`` for each (name, shape, ort type) cache input."""
-    import onnx
     from onnx import TensorProto, helper
 
     etype = {"tensor(float)": TensorProto.FLOAT, "tensor(float16)": TensorProto.FLOAT16,
