@@ -195,15 +195,3 @@ class _progress:
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
             self._bar.__exit__(*exc)
-
-
-def _not_yet(name: str, what: str) -> click.Command:
-    @click.command(name, short_help=f"{what} (not available yet).")
-    def cmd() -> None:
-        raise GenrecError(f"`genrec {name}` is not available in this version yet")
-    return cmd
-
-
-# genrec/cli.py lists these lazily; they land with their own issues (ARCHITECTURE.md §7)
-parity_command = _not_yet("parity", "Compare two backends on the same requests")
-bench_command = _not_yet("bench", "Benchmark a backend")

@@ -107,26 +107,84 @@ def _pad(a: np.ndarray | None, g: int) -> np.ndarray | None:
     return np.concatenate([a, np.repeat(a[:1], g - len(a), axis=0)])
 
 
-def _unique(ids: np.ndarray) -> np.ndarray:
-    _, first = np.unique(ids, return_index=True)
-    return ids[np.sort(first)]
-
-
 def _exclude(backend: Backend, lists: list[np.ndarray], needed: int, where: Callable[[int], str]
              ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Per-row exclusion lists -> (exclude_ids (n, X) int32, overflow ids per row for the host)."""
+    """Per-row exclusion lists -> (exclude_ids (n, X) int32, overflow ids per row for the host).
+
+    Each row keeps its ids once, in order of first occurrence,
+    the first X in ``exclude_ids`` and the rest as overflow; done for all rows at once with
+    one stable sort of (row, id) keys instead of a sort per row.
+    """
+    x, k, n = backend.dims.max_exclude, backend.dims.topk, len(lists)
+    out = np.zeros((n, x), np.int32)
+    sizes = np.fromiter((len(ids) for ids in lists), np.int64, n)
+    flat = np.concatenate(lists).astype(np.int64, copy=False) if sizes.sum() else np.zeros(0, np.int64)
+    rows = np.repeat(np.arange(n), sizes)
+    if flat.size:
+        low = int(flat.min())
+        key = rows * (int(flat.max()) - low + 1) + (flat - low)
+        order = np.argsort(key, kind="stable")  # equal keys keep their order: first occurrence leads
+        sorted_key = key[order]
+        lead = np.ones(flat.size, bool)
+        lead[1:] = sorted_key[1:] != sorted_key[:-1]
+        keep = np.zeros(flat.size, bool)
+        keep[order[lead]] = True
+        flat, rows = flat[keep], rows[keep]
+    counts = np.bincount(rows, minlength=n)
+    rank = np.arange(flat.size) - (np.cumsum(counts) - counts)[rows]  # index within the row
+    inside = rank < x
+    out[rows[inside], rank[inside]] = flat[inside]
+    bad = np.flatnonzero((counts > x) & (needed + counts - x > k))
+    if bad.size:
+        i, size = int(bad[0]), int(counts[bad[0]])
+        raise ConfigError(
+            f"{where(i)}: {size} excluded items exceed the bundle's exclude width X={x}; "
+            f"the rest are filtered from the top K'={k}, which must then hold "
+            f"{needed} + {size - x}; re-export with a larger max_exclude or topk")
+    extra = np.maximum(counts - x, 0)
+    if not extra.any():
+        empty = flat[:0]
+        return out, [empty] * n
+    return out, np.split(flat[~inside], np.cumsum(extra)[:-1])
+
+
+def _push(backend: Backend, excl: np.ndarray, overflow: list[np.ndarray], items: np.ndarray,
+          needed: int, where: Callable[[int], str]) -> tuple[np.ndarray, list[np.ndarray]] | None:
+    """``_exclude`` of each row's list with ``items[i]`` put in front, from that row's previous result.
+
+    When the new item is not in the row's list yet (it never is for a slate item: the loop only
+    picks valid candidates), the row's ids in order of first occurrence are the item, then the
+    old ones: ``exclude_ids`` shifts right by one and the id pushed past X leads the overflow.
+    Returns None when an item is already listed (the caller redoes the full ``_exclude``).
+    """
     x, k = backend.dims.max_exclude, backend.dims.topk
-    out, overflow = np.zeros((len(lists), x), np.int32), []
-    for i, ids in enumerate(lists):
-        ids = _unique(ids)
-        out[i, :min(x, ids.size)] = ids[:x]
-        overflow.append(ids[x:])
-        if ids.size > x and needed + ids.size - x > k:
+    if (excl == items[:, None]).any() or any(o.size and np.isin(items[i], o) for i, o in enumerate(overflow)):
+        return None
+    out = np.empty_like(excl)
+    out[:, 0], out[:, 1:] = items, excl[:, :-1]
+    dropped = excl[:, -1]  # nonzero: the row already held X ids, its last one overflows now
+    full = np.flatnonzero(dropped)
+    if not full.size:
+        return out, overflow
+    overflow = list(overflow)
+    for i in full:
+        overflow[i] = np.concatenate([dropped[i:i + 1].astype(np.int64), overflow[i]])
+        if needed + overflow[i].size > k:
+            size = x + overflow[i].size
             raise ConfigError(
-                f"{where(i)}: {ids.size} excluded items exceed the bundle's exclude width X={x}; "
+                f"{where(int(i))}: {size} excluded items exceed the bundle's exclude width X={x}; "
                 f"the rest are filtered from the top K'={k}, which must then hold "
-                f"{needed} + {ids.size - x}; re-export with a larger max_exclude or topk")
+                f"{needed} + {size - x}; re-export with a larger max_exclude or topk")
     return out, overflow
+
+
+def _valid(out: StepOutput, overflow: list[np.ndarray]) -> np.ndarray:
+    """(n, K') mask of the candidates ``_candidates`` keeps, for the first n = len(overflow) rows."""
+    keep = np.isfinite(out.topk_scores[:len(overflow)])
+    for i, extra in enumerate(overflow):
+        if extra.size:
+            keep[i] &= ~np.isin(out.topk_ids[i], extra)
+    return keep
 
 
 def _candidates(out: StepOutput, row: int, overflow: np.ndarray, temperature: float
@@ -193,10 +251,16 @@ def recommend(backend: Backend, requests: Sequence[Request | dict], k: int = 10,
         excl, overflow = _exclude(backend, _history_exclusions(chunk), k,
                                   lambda i: f"request {start + i}")
         b = _prefill(backend, chunk, excl)
-        for i, r in enumerate(chunk):
-            ids, scores, _ = _candidates(b.out, i, overflow[i], backend.dims.temperature)
-            results.append(Result(r.user_id, _raw(backend, ids[:k]), scores[:k].tolist()))
-        _timed(on_batch, len(chunk), t0)
+        n = len(chunk)
+        keep = _valid(b.out, overflow)
+        ids, scores = b.out.topk_ids[:n], b.out.topk_scores[:n]
+        if keep[:, :k].all():  # the usual case: the first k candidates of every row are valid
+            items, values = _raw(backend, ids[:, :k]), scores[:, :k].tolist()
+        else:
+            items = [_raw(backend, ids[i][keep[i]][:k]) for i in range(n)]
+            values = [scores[i][keep[i]][:k].tolist() for i in range(n)]
+        results.extend(Result(r.user_id, it, sc) for r, it, sc in zip(chunk, items, values))
+        _timed(on_batch, n, t0)
     return results
 
 
@@ -248,31 +312,44 @@ def _no_items(start: int, i: int, s: int) -> ConfigError:
 
 
 def _greedy_chunk(backend: Backend, rows: list[Prepared], start: int, steps: int,
-                  params: SearchParams) -> list[tuple[list[int], list[float]]]:
+                  params: SearchParams) -> list[tuple[np.ndarray, np.ndarray]]:
     d, n = backend.dims, len(rows)
     base = _history_exclusions(rows, not params.allow_repeats)
-    rngs = [np.random.default_rng(np.random.SeedSequence(params.seed, spawn_key=(start + i,)))
-            for i in range(n)]
-    slates: list[list[int]] = [[] for _ in rows]
-    logps: list[list[float]] = [[] for _ in rows]
+    rngs = ([np.random.default_rng(np.random.SeedSequence(params.seed, spawn_key=(start + i,)))
+             for i in range(n)] if params.strategy == "sample" else [])
+    slates = np.zeros((n, steps), np.int64)
+    logps = np.zeros((n, steps))
     where = lambda i: f"request {start + i}"  # noqa: E731
     excl, overflow = _exclude(backend, base, 1, where)
     b = _prefill(backend, rows, excl)
     out, g = b.out, b.state.batch
+    every = np.arange(n)
     for s in range(steps):
         if s:
-            lists = base if params.allow_repeats else [
-                np.concatenate([np.asarray(sl[::-1], np.int64), x]) for sl, x in zip(slates, base)]
-            excl, overflow = _exclude(backend, lists, 1, where)
-            out = backend.step(b.state, _pad(np.array([sl[-1] for sl in slates]), g),
-                               _pad(b.lengths + s - 1, g), _pad(b.request_time, g), _pad(excl, g))
+            if not params.allow_repeats:  # with repeats allowed the exclusions never change
+                pushed = _push(backend, excl, overflow, slates[:, s - 1], 1, where)
+                if pushed is None:
+                    lists = [np.concatenate([slates[i, s - 1::-1], x]) for i, x in enumerate(base)]
+                    pushed = _exclude(backend, lists, 1, where)
+                excl, overflow = pushed
+            out = backend.step(b.state, _pad(slates[:, s - 1], g), _pad(b.lengths + s - 1, g),
+                               _pad(b.request_time, g), _pad(excl, g))
+        if params.strategy == "greedy":  # the best valid candidate of every row at once
+            keep = _valid(out, overflow)
+            found = keep.any(axis=1)
+            if not found.all():
+                raise _no_items(start, int(np.argmin(found)), s)
+            j = np.argmax(keep, axis=1)
+            slates[:, s] = out.topk_ids[every, j]
+            logps[:, s] = (out.topk_scores[every, j].astype(np.float64) / d.temperature
+                           - out.log_z[:n].astype(np.float64))
+            continue
         for i in range(n):
             ids, _, lp = _candidates(out, i, overflow[i], d.temperature)
             if not ids.size:
                 raise _no_items(start, i, s)
-            j = 0 if params.strategy == "greedy" else _sample(lp, params, rngs[i])
-            slates[i].append(int(ids[j]))
-            logps[i].append(float(lp[j]))
+            j = _sample(lp, params, rngs[i])
+            slates[i, s], logps[i, s] = ids[j], lp[j]
     return list(zip(slates, logps))
 
 

@@ -12,11 +12,20 @@ with the same binding scheme: the index goes in as a small host array, the cache
 gathered device-side into the spare set. This works unchanged on CPU, CUDA and CANN, and
 never maps a cache buffer into numpy (the alternative for CPU only, ``numpy.take`` on views
 of preallocated buffers, was rejected because it would not carry over to device memory).
+
+Speed (see ``benchmarks/serving_bench.py``): sessions use every graph optimisation
+(``ORT_ENABLE_ALL``), sequential execution and, unless told otherwise, one intra-op thread per
+physical core the process may run on. Before a graph is loaded, ``CastLike(x, like)`` nodes
+whose ``like`` has a known element type become ``Cast(x, to=...)`` (the same op by
+definition): the CPU provider has no CastLike kernel, so onnxruntime cannot constant-fold
+through one, and torch's exporter puts them on batch-independent subgraphs (the normalised
+item table, the (T, T) position bias and causal mask), which then ran on every call.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -32,6 +41,60 @@ PROVIDERS = {  # --provider -> (execution provider, OrtValue device type)
 }
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32,
        "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
+
+
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may run on (hyper-threads counted once)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return max(1, (os.cpu_count() or 2) // 2)
+    cores = set()
+    for cpu in cpus:
+        try:
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
+def fold_castlike(path: str | os.PathLike[str]) -> bytes | None:
+    """The model at ``path`` with ``CastLike(x, like)`` as ``Cast(x, to=type of like)`` wherever that
+    type is known, serialised; None when there is nothing to rewrite (or weights are external).
+
+    Numerically the same graph: CastLike is defined as that Cast. It matters for speed only:
+    onnxruntime's constant folding stops at CastLike (no CPU kernel), leaving constant
+    subgraphs behind it to run on every call.
+    """
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer):
+        return None  # bytes would lose the path external data is resolved against
+    nodes = [n for n in graph.node if n.op_type == "CastLike" and n.domain in ("", "ai.onnx")]
+    if not nodes:
+        return None
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # noqa: BLE001 - an optimisation only: load the graph as it is
+        return None
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in [*inferred.value_info, *inferred.input, *inferred.output]}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    changed = False
+    for node in nodes:
+        to = types.get(node.input[1], 0)
+        if not to:
+            continue
+        saturate = [a for a in node.attribute if a.name == "saturate"]
+        node.op_type = "Cast"
+        del node.input[1:]
+        node.ClearField("attribute")
+        node.attribute.append(onnx.helper.make_attribute("to", to))
+        node.attribute.extend(saturate)
+        changed = True
+    return model.SerializeToString() if changed else None
 
 
 def gather_rows_model(specs: list[tuple[str, list, str]]):
@@ -81,7 +144,10 @@ class OrtBackend(BackendBase):
         self._ort, self._device_id = ort, device_id
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # errors only: graph-optimizer notes are not for users
-        opts.intra_op_num_threads = intra_op_threads or threads or 0  # 0 = onnxruntime's default
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of ops: no inter-op pool
+        self.intra_op_threads = intra_op_threads or threads or (physical_cores() if provider == "cpu" else 0)
+        opts.intra_op_num_threads = self.intra_op_threads
         opts.inter_op_num_threads = inter_op_threads or 0
         ep_opts = dict(provider_options or {})
         if provider != "cpu":
@@ -92,8 +158,17 @@ class OrtBackend(BackendBase):
         def session(model):
             return ort.InferenceSession(model, sess_options=opts, providers=providers)
 
+        def graph(name):
+            path = bundle.graph_path(name, precision)
+            return session(fold_castlike(path) or str(path))
+
         self.precision = precision
-        self._sess = {g: session(str(bundle.graph_path(g, precision))) for g in ("prefill", "step", "rank")}
+        self._sess = {g: graph(g) for g in ("prefill", "step", "rank")}
+        # host outputs per graph: (name, shape with None for the batch axis, dtype), read once
+        self._host_outputs = {
+            g: [(o.name, [None if isinstance(d, str) or d is None else d for d in o.shape], _NP[o.type])
+                for o in sess.get_outputs() if not o.name.startswith("present_")]
+            for g, sess in self._sess.items()}
         past = [i for i in self._sess["step"].get_inputs() if i.name.startswith("past_")]
         if not past:
             raise BundleError(f"bundle {bundle.path}: step graph has no past_* inputs")
@@ -117,13 +192,10 @@ class OrtBackend(BackendBase):
             binding.bind_cpu_input(name, arr)
         for name, value in zip(self._past, cache_in or []):
             binding.bind_ortvalue_input(name, value)
-        host = {}
-        for out in sess.get_outputs():
-            if out.name.startswith("present_"):
-                continue
-            shape = [b if isinstance(d, str) or d is None else d for d in out.shape]
-            host[out.name] = np.empty(shape, dtype=_NP[out.type])
-            binding.bind_ortvalue_output(out.name, self._ort.OrtValue.ortvalue_from_numpy(host[out.name]))
+        host, from_numpy = {}, self._ort.OrtValue.ortvalue_from_numpy
+        for name, shape, dtype in self._host_outputs[graph]:
+            host[name] = arr = np.empty([b if d is None else d for d in shape], dtype=dtype)
+            binding.bind_ortvalue_output(name, from_numpy(arr))
         for name, value in zip(self._present, cache_out or []):
             binding.bind_ortvalue_output(name, value)
         sess.run_with_iobinding(binding)

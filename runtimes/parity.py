@@ -1,0 +1,322 @@
+"""Accuracy parity between two backends: tensor, list and task level (ARCHITECTURE.md §7).
+
+Run, then judge (Polygraphy's Comparator.run / compare_accuracy): the same real held-out
+requests go through a reference and a candidate backend, and
+
+- tensor level: every graph call is compared, per graph and per step: prefill, each step of
+  a greedy slate (both fed the *reference's* choice, so inputs stay identical while each
+  backend carries its own cache), and rank. Max abs / max rel error and the worst row's
+  cosine of ``user_emb``; max abs error of ``topk_scores`` and ``log_z``;
+- list level: top-k exact-match rate and overlap@k of ``recommend``; slates identical rate and
+  the first divergent step of ``generate`` (each backend decoding on its own);
+- task level: HR@10, NDCG@10 and MRR (within the top K') of the held-out next item, for both,
+  and the deltas.
+
+Thresholds depend on the candidate's precision (fp32 strict; fp16 and int8 judged by list-
+and task-level deltas). A breach is reported with the worst users and steps by name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genrec.errors import ConfigError
+
+from .base import Backend, StepOutput
+from .decoding import SearchParams, _candidates, _chunks, _exclude, _history_exclusions, _pad, _prefill, generate, prepare, recommend
+from .requests import Request
+
+TASK_K = 10
+
+
+# --------------------------------------------------------------------------------------------
+# thresholds
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Pass/fail limits; ``None`` = reported, not gated."""
+
+    user_emb_max_abs: float | None = 1e-4  # tensor level, every graph and step
+    topk_scores_max_abs: float | None = 1e-4
+    log_z_max_abs: float | None = 1e-3
+    rank_scores_max_abs: float | None = 1e-4
+    cosine_min: float | None = 0.9999  # worst row's cosine of user_emb
+    topk_exact_min: float | None = 0.99  # share of users whose top-k lists are identical
+    overlap_min: float | None = 0.99  # mean |A ∩ B| / k
+    slates_equal_min: float | None = 0.98  # share of users whose generated slates are identical
+    metric_delta_max: float | None = 0.005  # |Δ| of HR@10, NDCG@10 and MRR
+
+    @classmethod
+    def for_precision(cls, precision: str, overrides: dict[str, Any] | None = None) -> "Thresholds":
+        """Defaults for ``precision``, updated from ``overrides``: either flat keys, or one
+        section per precision (``{"fp16": {...}, "int8": {...}}``)."""
+        base = DEFAULTS.get(precision)
+        if base is None:
+            raise ConfigError(f"no parity thresholds for precision {precision!r}; known: {', '.join(DEFAULTS)}")
+        overrides = overrides or {}
+        section = overrides.get(precision)
+        flat = section if isinstance(section, dict) else {k: v for k, v in overrides.items() if k not in DEFAULTS}
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(flat) - known)
+        if bad:
+            raise ConfigError(f"unknown threshold(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
+        return cls(**{**asdict(base), **flat})
+
+
+DEFAULTS = {
+    "fp32": Thresholds(),
+    "fp16": Thresholds(user_emb_max_abs=None, topk_scores_max_abs=None, log_z_max_abs=None,
+                       rank_scores_max_abs=None, cosine_min=0.999, topk_exact_min=None,
+                       overlap_min=0.9, slates_equal_min=None, metric_delta_max=0.01),
+    "int8": Thresholds(user_emb_max_abs=None, topk_scores_max_abs=None, log_z_max_abs=None,
+                       rank_scores_max_abs=None, cosine_min=0.98, topk_exact_min=None,
+                       overlap_min=0.8, slates_equal_min=None, metric_delta_max=0.02),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# comparators (pure functions: what the tests check against hand computations)
+
+
+@dataclass
+class TensorStats:
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    cosine_min: float = 1.0
+    worst_user: Any = None  # user with the largest abs error
+
+    def add(self, ref: np.ndarray, cand: np.ndarray, users: list[Any]) -> None:
+        """Fold in a (B, ...) pair; -inf entries (excluded ids) must match exactly."""
+        ref, cand = np.asarray(ref, np.float64), np.asarray(cand, np.float64)
+        ref2, cand2 = ref.reshape(len(ref), -1), cand.reshape(len(cand), -1)
+        finite = np.isfinite(ref2) & np.isfinite(cand2)
+        with np.errstate(invalid="ignore"):  # inf - inf where both are masked
+            diff = np.where(finite, np.abs(ref2 - cand2), 0.0)
+        diff = np.where(np.isfinite(ref2) == np.isfinite(cand2), diff, np.inf)
+        rel = diff / np.maximum(np.abs(np.where(finite, ref2, 1.0)), 1e-12)
+        row_abs = diff.max(axis=1)
+        if row_abs.size and row_abs.max() >= self.max_abs and (row_abs.max() > 0 or self.worst_user is None):
+            self.worst_user = users[int(row_abs.argmax())]
+        self.max_abs = max(self.max_abs, float(row_abs.max(initial=0.0)))
+        self.max_rel = max(self.max_rel, float(rel.max(initial=0.0)))
+        if ref.ndim == 2 and np.all(finite):
+            cos = cosine_rows(ref, cand)
+            self.cosine_min = min(self.cosine_min, float(cos.min(initial=1.0)))
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity (1.0 for two zero rows)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    num = (a * b).sum(axis=1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), 1.0)
+
+
+def list_agreement(ref: list[list[int]], cand: list[list[int]], k: int) -> dict[str, float]:
+    """Exact-match rate of the top-k lists and mean overlap@k = |A ∩ B| / k."""
+    exact = [a[:k] == b[:k] for a, b in zip(ref, cand)]
+    overlap = [len(set(a[:k]) & set(b[:k])) / k for a, b in zip(ref, cand)]
+    return {"exact_match": float(np.mean(exact)), f"overlap@{k}": float(np.mean(overlap))}
+
+
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    """1-based step where two slates first differ, None if identical."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i + 1
+    return None if len(a) == len(b) else min(len(a), len(b)) + 1
+
+
+def task_metrics(lists: list[list[int]], targets: list[int], k: int = TASK_K) -> dict[str, float]:
+    """HR@k, NDCG@k and MRR of each target within its list (rank past the list's end = miss)."""
+    hr, ndcg, mrr = [], [], []
+    for lst, t in zip(lists, targets):
+        rank = lst.index(t) + 1 if t in lst else math.inf
+        hr.append(rank <= k)
+        ndcg.append(1.0 / math.log2(rank + 1) if rank <= k else 0.0)
+        mrr.append(0.0 if rank == math.inf else 1.0 / rank)
+    return {f"HR@{k}": float(np.mean(hr)), f"NDCG@{k}": float(np.mean(ndcg)), "MRR": float(np.mean(mrr))}
+
+
+# --------------------------------------------------------------------------------------------
+# requests from held-out data
+
+
+@dataclass
+class ParityRequests:
+    requests: list[Request]
+    targets: list[int]  # raw held-out item per request (None for synthetic edge cases)
+    natural: int  # the first ``natural`` requests are real held-out histories (task level)
+    source: str
+
+
+def requests_from_data(path: str | Path, id_map: list[int], users: int, max_history: int, seed: int = 0,
+                       with_time: bool = True) -> ParityRequests:
+    """Held-out histories (leave-one-out test split) of ``users`` users, plus edge cases: a few
+    histories cut to length 1 and a few lengthened past T by repeating them."""
+    from genrec.data import ItemMap, leave_one_out, read_sequences
+
+    item_map = ItemMap.from_list(id_map)
+    ex = leave_one_out(read_sequences(path, item_map=item_map)).sample(users, seed=seed).examples("test")
+    reqs, targets = [], []
+    for i, hist in enumerate(ex.histories):
+        ts = ex.history_times[i].tolist() if ex.history_times is not None else None
+        rt = int(ex.target_times[i]) if ex.target_times is not None else None
+        reqs.append(Request(ex.users[i], item_map.to_raw(hist).tolist(), ts, rt))
+        targets.append(int(item_map.to_raw(np.array([ex.targets[i]]))[0]))
+    natural = len(reqs)
+    edge = max(2, natural // 20)
+    for r in reqs[:edge]:  # length 1
+        reqs.append(Request(f"{r.user_id}#len1", r.items[-1:], r.timestamps[-1:] if r.timestamps else None,
+                            r.request_time))
+    for r in reqs[:edge]:  # longer than T
+        reps = max_history // len(r.items) + 2
+        items = (list(r.items) * reps)[: max_history + 5]
+        ts = None
+        if r.timestamps:
+            span = r.timestamps[-1] - r.timestamps[0] + 86400
+            ts = [t + k * span for k in range(reps) for t in r.timestamps][: max_history + 5]
+        reqs.append(Request(f"{r.user_id}#long", items, ts, (ts[-1] + 3600) if ts else None))
+    return ParityRequests(reqs, targets + [None] * (len(reqs) - natural), natural, f"{path} ({natural} held-out users)")
+
+
+# --------------------------------------------------------------------------------------------
+# tensor level: both backends step by step on identical inputs
+
+
+@dataclass
+class TensorTrace:
+    per_call: dict[str, dict[str, TensorStats]] = field(default_factory=dict)
+
+    def stats(self, call: str, name: str) -> TensorStats:
+        return self.per_call.setdefault(call, {}).setdefault(name, TensorStats())
+
+    def compare(self, call: str, ref: StepOutput, cand: StepOutput, users: list[Any]) -> None:
+        n = len(users)
+        if ref.user_emb is not None and cand.user_emb is not None:
+            self.stats(call, "user_emb").add(ref.user_emb[:n], cand.user_emb[:n], users)
+        self.stats(call, "topk_scores").add(ref.topk_scores[:n], cand.topk_scores[:n], users)
+        self.stats(call, "log_z").add(ref.log_z[:n, None], cand.log_z[:n, None], users)
+
+
+def trace_tensors(ref: Backend, cand: Backend, requests: list[Request], steps: int, seed: int = 0) -> TensorTrace:
+    trace = TensorTrace()
+    rows = prepare(ref, requests)
+    rng = np.random.default_rng(seed)
+    m = ref.dims.rank_candidates
+    for start, chunk in _chunks(ref, rows, None):
+        users = [r.user_id for r in chunk]
+        base = _history_exclusions(chunk)
+        excl, overflow = _exclude(ref, base, 1, lambda i: f"request {start + i}")
+        rb, cb = _prefill(ref, chunk, excl), _prefill(cand, chunk, excl)
+        trace.compare("prefill", rb.out, cb.out, users)
+        g = rb.state.batch
+        block = rng.integers(1, ref.dims.num_items + 1, (len(chunk), m))
+        args = (_pad(block, g), _pad(rb.lengths, g), _pad(rb.request_time, g))
+        trace.stats("rank", "scores").add(ref.rank(rb.state, *args)[:len(chunk)],
+                                          cand.rank(cb.state, *args)[:len(chunk)], users)
+        slates: list[list[int]] = [[] for _ in chunk]
+        out = rb.out
+        for s in range(steps):
+            for i in range(len(chunk)):
+                ids, _, _ = _candidates(out, i, overflow[i], ref.dims.temperature)
+                slates[i].append(int(ids[0]))  # the reference's own greedy choice
+            lists = [np.concatenate([np.asarray(sl[::-1], np.int64), x]) for sl, x in zip(slates, base)]
+            excl, overflow = _exclude(ref, lists, 1, lambda i: f"request {start + i}")
+            step_in = (_pad(np.array([sl[-1] for sl in slates]), g), _pad(rb.lengths + s, g),
+                       _pad(rb.request_time, g), _pad(excl, g))
+            out = ref.step(rb.state, *step_in)
+            trace.compare(f"step {s + 1}", out, cand.step(cb.state, *step_in), users)
+    return trace
+
+
+# --------------------------------------------------------------------------------------------
+# the whole comparison
+
+
+def run_parity(ref: Backend, cand: Backend, reqs: ParityRequests, *, steps: int = 5, beams: int = 1,
+               k: int = TASK_K, thresholds: Thresholds | None = None, seed: int = 0) -> dict[str, Any]:
+    """Run both backends and judge; returns the report (``report["passed"]``)."""
+    thresholds = thresholds or Thresholds()
+    steps = min(steps, ref.dims.capacity - ref.dims.max_history)
+    trace = trace_tensors(ref, cand, reqs.requests, steps, seed)
+    # long lists for MRR, but short enough that exclusions overflowing X (filtered on the
+    # host from the top K') still leave list_k valid items for every request
+    overflow = max((len(set(r.items) | set(r.exclude)) - ref.dims.max_exclude for r in reqs.requests), default=0)
+    list_k = max(k, min(ref.dims.topk - max(overflow, 0), 100))
+    rec_ref = recommend(ref, reqs.requests, k=list_k)
+    rec_cand = recommend(cand, reqs.requests, k=list_k)
+    ref_lists, cand_lists = [r.items for r in rec_ref], [r.items for r in rec_cand]
+    params = SearchParams("beam", num_beams=beams) if beams > 1 else SearchParams("greedy")
+    gen_ref = generate(ref, reqs.requests, steps, params)
+    gen_cand = generate(cand, reqs.requests, steps, params)
+    divergence = [first_divergence(a.items, b.items) for a, b in zip(gen_ref, gen_cand)]
+    n = reqs.natural
+    task_ref = task_metrics(ref_lists[:n], reqs.targets[:n], k)
+    task_cand = task_metrics(cand_lists[:n], reqs.targets[:n], k)
+    report: dict[str, Any] = {
+        "reference": ref.name, "candidate": cand.name, "data": reqs.source, "requests": len(reqs.requests),
+        "steps": steps, "beams": beams, "thresholds": asdict(thresholds),
+        "tensor": {call: {name: asdict(st) for name, st in per.items()} for call, per in trace.per_call.items()},
+        "list": {**list_agreement(ref_lists, cand_lists, k),
+                 "slates_equal": float(np.mean([d is None for d in divergence])),
+                 "first_divergent_step": min((d for d in divergence if d is not None), default=None),
+                 "divergent_users": [{"user": reqs.requests[i].user_id, "step": d}
+                                     for i, d in enumerate(divergence) if d is not None][:20]},
+        "task": {"reference": task_ref, "candidate": task_cand,
+                 "delta": {m: task_cand[m] - task_ref[m] for m in task_ref}, "users": n,
+                 "note": f"MRR counts ranks within the top {list_k}"},
+    }
+    report["breaches"] = judge(report, trace, thresholds)
+    report["passed"] = not report["breaches"]
+    return report
+
+
+def judge(report: dict[str, Any], trace: TensorTrace, th: Thresholds) -> list[str]:
+    """Human-readable breaches, each naming the worst call (graph/step) and user."""
+    out = []
+    limits = {"user_emb": th.user_emb_max_abs, "topk_scores": th.topk_scores_max_abs,
+              "log_z": th.log_z_max_abs, "scores": th.rank_scores_max_abs}
+    for call, per in trace.per_call.items():
+        for name, st in per.items():
+            limit = limits.get(name)
+            if limit is not None and st.max_abs > limit:
+                out.append(f"{call}: {name} max abs error {st.max_abs:.3g} > {limit:g} (worst user {st.worst_user})")
+            if name == "user_emb" and th.cosine_min is not None and st.cosine_min < th.cosine_min:
+                out.append(f"{call}: user_emb cosine {st.cosine_min:.6f} < {th.cosine_min} (worst user {st.worst_user})")
+    lst = report["list"]
+    k = TASK_K
+    checks = [("topk exact-match rate", lst["exact_match"], th.topk_exact_min),
+              (f"overlap@{k}", lst[f"overlap@{k}"], th.overlap_min),
+              ("slates identical rate", lst["slates_equal"], th.slates_equal_min)]
+    for what, value, limit in checks:
+        if limit is not None and value < limit:
+            extra = ""
+            if what.startswith("slates") and lst["first_divergent_step"] is not None:
+                first = ", ".join(f"{d['user']} at step {d['step']}" for d in lst["divergent_users"][:5])
+                extra = f"; first divergent step {lst['first_divergent_step']} ({first})"
+            out.append(f"{what} {value:.4f} < {limit}{extra}")
+    if th.metric_delta_max is not None:
+        for m, d in report["task"]["delta"].items():
+            if abs(d) > th.metric_delta_max:
+                out.append(f"{m} delta {d:+.4f} exceeds ±{th.metric_delta_max}")
+    return out
+
+
+def load_thresholds(path: str | Path | None, precision: str) -> Thresholds:
+    if path is None:
+        return Thresholds.for_precision(precision)
+    try:
+        overrides = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read thresholds ({e})") from None
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{path}: thresholds must be a JSON object")
+    return Thresholds.for_precision(precision, overrides)

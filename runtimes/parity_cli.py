@@ -1,0 +1,92 @@
+"""``genrec parity``: the same requests through two backends, judged; exit 1 on a breach."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from genrec.progress import console as make_console
+
+
+def parse_backend(spec: str) -> tuple[str, str]:
+    """``onnxruntime:fp16`` -> ("onnxruntime", "fp16"); no suffix = fp32."""
+    name, _, precision = spec.partition(":")
+    return name, precision or "fp32"
+
+
+def _open(name: str, precision: str, bundle):
+    from .registry import get_backend
+
+    options = {"precision": precision} if precision != "fp32" or name == "onnxruntime" else {}
+    return get_backend(name, bundle, **options)
+
+
+@click.command("parity", short_help="Compare two backends on held-out requests (exit 1 on a breach).")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--reference", default="torch", show_default=True, help="Reference backend.")
+@click.option("--candidate", default="onnxruntime", show_default=True,
+              help="Candidate backend, optionally with a precision: onnxruntime:fp16, onnxruntime:int8.")
+@click.option("--data", required=True, type=click.Path(exists=True), help="Interaction data with held-out items.")
+@click.option("--users", type=click.IntRange(1), default=500, show_default=True)
+@click.option("--generate", "steps", type=click.IntRange(1), default=5, show_default=True, help="Slate length.")
+@click.option("--beams", type=click.IntRange(1), default=1, show_default=True, help="1 = greedy slates.")
+@click.option("--thresholds", type=click.Path(exists=True, dir_okay=False), help="JSON overrides of the defaults.")
+@click.option("--report", type=click.Path(dir_okay=False), help="Write the full report (parity.json).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def parity_command(bundle, reference, candidate, data, users, steps, beams, thresholds, report, seed):
+    """Run held-out requests from --data through REFERENCE and CANDIDATE and compare them at
+    tensor level (every graph and step), list level (top-k, slates) and task level
+    (HR@10, NDCG@10, MRR). Exit 0 when every threshold holds, 1 on a breach."""
+    from genrec.atomic import atomic_file
+    from genrec.bundle import load_bundle
+
+    from .parity import load_thresholds, requests_from_data, run_parity
+
+    b = load_bundle(bundle)
+    ref_name, ref_prec = parse_backend(reference)
+    cand_name, cand_prec = parse_backend(candidate)
+    th = load_thresholds(thresholds, cand_prec)
+    reqs = requests_from_data(data, b.id_map, users, b.max_history, seed)
+    with _open(ref_name, ref_prec, b) as ref, _open(cand_name, cand_prec, b) as cand:
+        result = run_parity(ref, cand, reqs, steps=steps, beams=beams, thresholds=th, seed=seed)
+    result["reference"], result["candidate"] = reference, candidate
+    if report:
+        with atomic_file(Path(report)) as f:
+            json.dump(result, f, indent=2, default=str)
+    out = make_console()
+    out.print(summary_table(result))
+    if result["passed"]:
+        out.print(f"PASSED parity {reference} vs {candidate} on {result['requests']} requests")
+        return
+    err = make_console(stderr=True)
+    for line in result["breaches"]:
+        err.print(f"breach: {line}", highlight=False)
+    err.print(f"FAILED parity {reference} vs {candidate}: {len(result['breaches'])} breach(es)")
+    raise SystemExit(1)
+
+
+def summary_table(r: dict) -> Table:
+    t = Table(title=f"parity {r['reference']} vs {r['candidate']} ({r['requests']} requests, {r['steps']} steps)")
+    for col in ("level", "what", "value", "threshold"):
+        t.add_column(col)
+    th = r["thresholds"]
+    lim = {"user_emb": th["user_emb_max_abs"], "topk_scores": th["topk_scores_max_abs"],
+           "log_z": th["log_z_max_abs"], "scores": th["rank_scores_max_abs"]}
+    for call, per in r["tensor"].items():
+        for name, st in per.items():
+            extra = f", cos {st['cosine_min']:.6f}" if name == "user_emb" else ""
+            t.add_row("tensor", f"{call}: {name}", f"abs {st['max_abs']:.2e} rel {st['max_rel']:.2e}{extra}",
+                      "-" if lim.get(name) is None else f"≤ {lim[name]:g}")
+    lst = r["list"]
+    for key, limit in (("exact_match", th["topk_exact_min"]), ("overlap@10", th["overlap_min"]),
+                       ("slates_equal", th["slates_equal_min"])):
+        t.add_row("list", key, f"{lst[key]:.4f}", "-" if limit is None else f"≥ {limit:g}")
+    t.add_row("list", "first divergent step", str(lst["first_divergent_step"] or "none"), "")
+    task = r["task"]
+    for m, d in task["delta"].items():
+        t.add_row("task", m, f"{task['reference'][m]:.4f} → {task['candidate'][m]:.4f} (Δ {d:+.4f})",
+                  "-" if th["metric_delta_max"] is None else f"|Δ| ≤ {th['metric_delta_max']:g}")
+    return t
