@@ -29,7 +29,7 @@ def _gears(ctx, param, value: str) -> list[int]:
 @click.option("--max-history", type=int, default=None, help="History length T (default: the model's max_len).")
 @click.option("--max-new-items", type=int, default=None, help="Generated slots; capacity C = T + this (default: config).")
 @click.option("--topk", type=int, default=100, show_default=True, help="K': ids/scores returned per step.")
-@click.option("--max-exclude", type=int, default=None, help="X: excluded ids per row in the graph (default: C).")
+@click.option("--max-exclude", type=int, default=None, help="X: excluded ids per row in the graph (default: max(C, 4T, 256)).")
 @click.option("--rank-candidates", type=int, default=32, show_default=True, help="M: candidates per rank call.")
 @click.option("--batch-gears", default="1,4,16,64", show_default=True, callback=_gears)
 @click.option("--target", type=click.Choice(["onnxruntime", "ascend"]), default="onnxruntime", show_default=True,

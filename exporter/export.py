@@ -50,7 +50,9 @@ def resolve_dims(model: GenerativeRecommender, max_history: int | None, max_new_
     if not 1 <= g or t + g > cfg.capacity:
         raise ExportError(f"--max-new-items {g} must be >= 1 with T + new items <= {cfg.capacity} (the model's position table)")
     c = t + g
-    x = max_exclude or c
+    # whole histories are excluded, and they often run far past T: default to a wide X (the
+    # scatter into the score row is cheap) so the host rarely has to filter the overflow
+    x = max_exclude or max(c, 4 * t, 256)
     if not 2 <= topk <= cfg.num_items:
         raise ExportError(f"--topk {topk} must be between 2 and the catalogue size {cfg.num_items}")
     if x < 2 or rank_candidates < 2:

@@ -5,7 +5,12 @@ negatives drawn uniformly from the catalogue, at temperature τ on cosine scores
 products when ``l2_norm`` is off). Deviation from Meta, for CPU speed: the R negatives are
 drawn once per batch and shared by all positions in it (still uniform, with replacement),
 so the negative logits are one (B·T, d) x (d, R) matmul. AdamW; validation NDCG@10 every
-epoch; the best epoch's weights are kept; a fixed seed gives the same checkpoint twice.
+epoch; the best epoch's weights are kept; a fixed seed gives the same checkpoint twice
+(build the model with ``init_model(config, seed)`` so the initial weights are seeded too).
+
+For CPU speed, rows are grouped by length within windows of ``sort_window`` shuffled
+batches and each batch is padded only to its longest row (``batch_order``); on Beauty
+(mean training row ~6 items, T = 50) that is ~2-3x faster per epoch at the same accuracy.
 """
 
 from __future__ import annotations
@@ -21,20 +26,20 @@ import torch
 import torch.nn.functional as F
 
 from .data import Split, pad_batch
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .evaluation import evaluate
 from .models import GenerativeRecommender, ModelConfig, build_model
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 30  # upper bound; early stopping usually ends sooner
+    epochs: int = 40  # upper bound; early stopping usually ends sooner
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.98)
-    num_negatives: int = 128
-    patience: int = 3  # epochs without a better validation NDCG@10 before stopping
+    num_negatives: int = 512  # Meta: 128 for ML-1M/20M, 512 for Books; 512 is better on Beauty
+    patience: int = 5  # epochs without a better validation NDCG@10 before stopping
     seed: int = 42
     max_minutes: float = 0.0  # wall-clock budget; 0 = none
     eval_users: int = 0  # validate on this many users (0 = all)
@@ -149,7 +154,8 @@ def train(model: GenerativeRecommender, split: Split, cfg: TrainConfig,
     rng = np.random.default_rng(cfg.seed)
     rows = training_rows(split, model.config.max_len)
     if not rows:
-        raise ValueError("no user has a training sequence of 2+ items")
+        raise DataError("no user has 4 or more interactions, so there is nothing to train on "
+                        "(leave-one-out holds out the last two items of every user)")
     valid_split = split.sample(cfg.eval_users, seed=cfg.seed) if cfg.eval_users else split
     valid_examples = valid_split.examples("valid")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
@@ -157,7 +163,6 @@ def train(model: GenerativeRecommender, split: Split, cfg: TrainConfig,
     best, best_state, best_epoch, stale = -1.0, None, 0, 0
     history: dict[str, Any] = {"epochs": [], "train_rows": len(rows)}
     start = time.perf_counter()
-    steps = (len(rows) + cfg.batch_size - 1) // cfg.batch_size
     row_lengths = np.array([len(r[0]) for r in rows])
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -177,7 +182,7 @@ def train(model: GenerativeRecommender, split: Split, cfg: TrainConfig,
             total += loss.item() * len(chunk)
             seen += len(chunk)
             if progress:
-                progress({"epoch": epoch, "step": step + 1, "steps": steps, "loss": total / seen,
+                progress({"epoch": epoch, "step": step + 1, "steps": len(batches), "loss": total / seen,
                           "seq_per_s": seen / max(time.perf_counter() - t0, 1e-9)})
         metrics = evaluate(model, valid_examples, ks=(10,))
         history["epochs"].append({"epoch": epoch, "loss": total / seen, "valid": metrics,

@@ -158,7 +158,8 @@ def _push(backend: Backend, excl: np.ndarray, overflow: list[np.ndarray], items:
     Returns None when an item is already listed (the caller redoes the full ``_exclude``).
     """
     x, k = backend.dims.max_exclude, backend.dims.topk
-    if (excl == items[:, None]).any() or any(o.size and np.isin(items[i], o) for i, o in enumerate(overflow)):
+    if not x or (excl == items[:, None]).any() or any(
+            o.size and np.isin(items[i], o) for i, o in enumerate(overflow)):
         return None
     out = np.empty_like(excl)
     out[:, 0], out[:, 1:] = items, excl[:, :-1]
