@@ -1,7 +1,7 @@
 """Training throughput of HSTU at the ``ml-1m`` preset on synthetic full-length sequences.
 
 Shape of Meta's ML-1M config (MODELS.md §1.8): T = 200, d = 50, 2 layers, 1 head, 3,706 items,
-128 sampled negatives, batch 128. Every sequence is 200 items long (no padding), so tokens/s =
+128 sampled negatives, batch 128, dropout 0.2. Every sequence is 200 items long (no padding), so tokens/s =
 sequences/s x 200. One step = forward, sampled-softmax loss, backward and AdamW update, exactly
 as ``genrec.training.train`` runs it. Prints one JSON object.
 
@@ -42,11 +42,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--arch", default="hstu", choices=["hstu", "sasrec", "gpt", "llama"])
     ap.add_argument("--preset", default="ml-1m")
+    ap.add_argument("--negatives", type=int, default=128, help="sampled negatives (Meta's ML-1M: 128)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    cfg = TrainConfig(batch_size=args.batch_size, seed=args.seed)
+    cfg = TrainConfig(batch_size=args.batch_size, num_negatives=args.negatives, seed=args.seed)
     model = init_model(make_config(args.arch, NUM_ITEMS, args.preset), cfg.seed)
     if model.config.max_len < SEQ_LEN:
         raise SystemExit(f"preset {args.preset} has max_len {model.config.max_len} < {SEQ_LEN}")

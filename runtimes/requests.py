@@ -66,7 +66,12 @@ def _ints(values: Any, name: str, where: str) -> np.ndarray:
         return values.astype(np.int64)
     if isinstance(values, (str, bytes, dict)) or not isinstance(values, Sequence):
         raise DataError(f"{where}: {name} must be a list of integers, got {type(values).__name__}")
-    for i, v in enumerate(values):
+    if set(map(type, values)) <= {int}:  # fast path (bool is not int here): one C-level pass
+        try:
+            return np.asarray(values, dtype=np.int64).reshape(-1)
+        except OverflowError:
+            raise DataError(f"{where}: {name} holds an integer too large for int64") from None
+    for i, v in enumerate(values):  # slow path: find the element to name in the error
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             raise DataError(f"{where}: {name}[{i}] is {v!r}, not an integer")
     try:
@@ -79,13 +84,13 @@ def _item_ids(values: Any, name: str, where: str, item_map: ItemMap) -> np.ndarr
     raw = _ints(values, name, where)
     if raw.size and raw.min() < 0:
         raise DataError(f"{where}: {name} has a negative item id {int(raw[raw < 0][0])}")
-    known = item_map.known(raw)
-    if not known.all():
-        bad = np.unique(raw[~known])
+    try:
+        return item_map.to_internal(raw)  # one lookup; the message is rebuilt only on failure
+    except DataError:
+        bad = np.unique(raw[~item_map.known(raw)])
         more = f" (and {bad.size - 1} more)" if bad.size > 1 else ""
         raise DataError(f"{where}: unknown item id {int(bad[0])}{more} in {name}: not in the "
-                        f"bundle's catalogue of {item_map.num_items} items")
-    return item_map.to_internal(raw)
+                        f"bundle's catalogue of {item_map.num_items} items") from None
 
 
 def _int(value: Any, name: str, where: str) -> int:

@@ -36,8 +36,8 @@ class _Bundles:
             from genrec.exporter import export_bundle
 
             out = self.root / f"bundle-{arch}"
-            export_bundle(self.checkpoints[arch], out, topk=40, rank_candidates=6, batch_gears=TEST_GEARS,
-                          data=SLICE)
+            export_bundle(self.checkpoints[arch], out, topk=40, max_exclude=28, rank_candidates=6,
+                          batch_gears=TEST_GEARS, data=SLICE)
             self.cache[arch] = out
         return self.cache[arch]
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from genrec.checkpoint import load_checkpoint
 from genrec.cli import cli, run_cli
 from genrec.data import leave_one_out, read_sequences
 from genrec.evaluation import evaluate
@@ -33,15 +34,16 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def test_hstu_beats_most_popular_on_the_slice(split, one_thread):
-    # HSTU is the fastest backbone per epoch; 20 epochs take ~15-30 s on one core.
+def test_training_beats_most_popular_on_the_slice(split, one_thread):
+    # Llama converges fastest here: 12 epochs (~10-15 s on one core) reach ~3x most-popular
+    # test NDCG@10 for seeds 42, 1, 2 (2.9-3.2x); 2x leaves room for platform differences.
     popular = ranking_metrics(most_popular_ranks(split, "test"), (10,))["NDCG@10"]
-    cfg = TrainConfig(epochs=20, patience=4, seed=42)
-    model = init_model(make_config("hstu", split.num_items, "small"), cfg.seed)
+    cfg = TrainConfig(epochs=12, lr=2e-3, seed=42)
+    model = init_model(make_config("llama", split.num_items, "small"), cfg.seed)
     history = train(model, split, cfg)
     test = evaluate(model, split.examples("test"), ks=(10,))
-    assert history["best_valid_ndcg10"] > 1.5 * popular
-    assert test["NDCG@10"] > 1.5 * popular, (test, popular)
+    assert history["best_valid_ndcg10"] > 2 * popular
+    assert test["NDCG@10"] > 2 * popular, (test, popular)
     assert not model.training
 
 
@@ -106,6 +108,11 @@ def test_cli_train_then_evaluate_json(tmp_path: Path, tiny_data: Path, capsys, o
                               "--set", "epochs=1", "--set", "d_model=16", "--quiet"], capsys)
     assert code == 0, err
     assert ckpt.is_file() and out.startswith(f"wrote {ckpt}")
+    again = tmp_path / "again.pt"  # same seed through the CLI: the same weights
+    assert _genrec(["train", "--data", str(tiny_data), "--arch", "llama", "-o", str(again),
+                    "--set", "epochs=1", "--set", "d_model=16", "--quiet"], capsys)[0] == 0
+    a, b = load_checkpoint(ckpt).model.state_dict(), load_checkpoint(again).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
     code, out, err = _genrec(["evaluate", str(ckpt), "--data", str(tiny_data), "--split", "valid",
                               "--json", str(report), "--baseline"], capsys)
     assert code == 0, err

@@ -69,10 +69,13 @@ def take_row(x: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def write_at(cache: torch.Tensor, new: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-    """Write ``new`` (B, H, 1, dh) into ``cache`` (B, H, C, dh) at ``position`` (B,), shape-preserving."""
-    slots = torch.arange(cache.shape[2], device=cache.device)
-    hit = (slots[None, :] == position[:, None])[:, None, :, None]  # (B, 1, C, 1)
-    return torch.where(hit, new, cache)
+    """Write ``new`` (B, H, 1, dh) into ``cache`` (B, H, C, dh) at ``position`` (B,), shape-preserving.
+
+    A ScatterElements of one slot per row (on ATC's list), rather than a Where over the whole
+    cache, which made the cache write half of a step's time in onnxruntime."""
+    b, h, _, dh = new.shape
+    index = position.long().view(-1, 1, 1, 1).expand(b, h, 1, dh)
+    return cache.scatter(2, index, new.to(cache.dtype))
 
 
 def pad_to(x: torch.Tensor, capacity: int, dim: int = 2) -> torch.Tensor:

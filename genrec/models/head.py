@@ -37,9 +37,9 @@ def score_catalogue(
     log_z (B,) = logsumexp(score / temperature) over the items that were not excluded.
     """
     scores = user_emb @ item_vectors.t()  # (B, N+1)
-    col = torch.arange(scores.shape[1], device=scores.device)
-    scores = torch.where(col == 0, torch.full_like(scores, NEG_INF), scores)  # padding row never scores
-    scores = scores.scatter(1, exclude_ids.long(), NEG_INF)
+    # one scatter masks the exclusions and the padding id 0 (prepended as an extra column)
+    pad = torch.zeros_like(exclude_ids[:, :1])
+    scores = scores.scatter(1, torch.cat([pad, exclude_ids], dim=1).long(), NEG_INF)
     topk_scores, topk_ids = torch.topk(scores, k, dim=1)
     logits = scores / temperature
     peak = logits.max(dim=1, keepdim=True).values
