@@ -28,6 +28,7 @@ from genrec.bundle import Bundle, io_spec_from_onnx, load_bundle, write_manifest
 from genrec.checkpoint import Checkpoint, load_checkpoint
 from genrec.errors import ExportError, GenrecError
 from genrec.models import GenerativeRecommender
+from genrec.onnx_graph import castlike_to_cast
 
 from . import atc_lint
 from .checks import DEFAULT_ATOL, DEFAULT_RTOL, Histories, numeric_check, ort_session, random_histories, structural_check
@@ -96,6 +97,7 @@ def export_graph(graph: torch.nn.Module, args: tuple, opset: int, max_batch: int
             prog = torch.onnx.export(graph, args, input_names=names_in, output_names=names_out,
                                      dynamic_shapes=(batch, batch, tuple(batch for _ in args[2:])),
                                      opset_version=18, dynamo=True, optimize=False)
+        _fold(prog.model)
         proto = prog.model_proto
         if opset != 18:  # the converter can emit invalid nodes (seen: ReduceMax-18 attrs at 17)
             proto = _strip_reduce_attrs(version_converter.convert_version(proto, opset))
@@ -113,6 +115,15 @@ def export_graph(graph: torch.nn.Module, args: tuple, opset: int, max_batch: int
         raise ExportError(f"{type(graph).__name__}: both exporters failed; TorchScript: "
                           f"{str(e).strip().splitlines()[0][:200]}; {note}") from None
     return onnx.load_from_string(buf.getvalue()), "torchscript", note
+
+
+def _fold(model) -> None:
+    """Constant folding and dead-node removal only (onnxscript's ``fold_constants``), not its
+    full ``optimize``, whose rewrite rules drop ``Add(x, c)`` for |c| <= 1e-8."""
+    from onnxscript import optimizer
+
+    optimizer.fold_constants(model)
+    optimizer.remove_unused_nodes(model)
 
 
 def _strip_reduce_attrs(proto):
@@ -212,6 +223,7 @@ def export_bundle(checkpoint: str | Path, output: str | Path, *, opset: int = 18
             with torch.no_grad():
                 traced = wrapper(*args)
             proto = fix_output_shapes(proto, list(traced) if isinstance(traced, tuple) else [traced])
+            castlike_to_cast(proto)
             if graph_hook is not None:
                 proto = graph_hook(name, proto)
             path = tmp / f"{name}.onnx"

@@ -59,42 +59,17 @@ def physical_cores() -> int:
 
 
 def fold_castlike(path: str | os.PathLike[str]) -> bytes | None:
-    """The model at ``path`` with ``CastLike(x, like)`` as ``Cast(x, to=type of like)`` wherever that
-    type is known, serialised; None when there is nothing to rewrite (or weights are external).
-
-    Numerically the same graph: CastLike is defined as that Cast. It matters for speed only:
-    onnxruntime's constant folding stops at CastLike (no CPU kernel), leaving constant
-    subgraphs behind it to run on every call.
-    """
+    """The model at ``path`` with CastLike rewritten as Cast (``genrec.onnx_graph``), serialised;
+    None when there is nothing to rewrite (or weights are external). Bundles from
+    ``genrec export`` have no CastLike; this keeps older or hand-made graphs fast too."""
     import onnx
 
+    from genrec.onnx_graph import castlike_to_cast
+
     model = onnx.load(str(path), load_external_data=False)
-    graph = model.graph
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer):
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         return None  # bytes would lose the path external data is resolved against
-    nodes = [n for n in graph.node if n.op_type == "CastLike" and n.domain in ("", "ai.onnx")]
-    if not nodes:
-        return None
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model).graph
-    except Exception:  # noqa: BLE001 - an optimisation only: load the graph as it is
-        return None
-    types = {v.name: v.type.tensor_type.elem_type
-             for v in [*inferred.value_info, *inferred.input, *inferred.output]}
-    types.update({t.name: t.data_type for t in graph.initializer})
-    changed = False
-    for node in nodes:
-        to = types.get(node.input[1], 0)
-        if not to:
-            continue
-        saturate = [a for a in node.attribute if a.name == "saturate"]
-        node.op_type = "Cast"
-        del node.input[1:]
-        node.ClearField("attribute")
-        node.attribute.append(onnx.helper.make_attribute("to", to))
-        node.attribute.extend(saturate)
-        changed = True
-    return model.SerializeToString() if changed else None
+    return model.SerializeToString() if castlike_to_cast(model) else None
 
 
 def gather_rows_model(specs: list[tuple[str, list, str]]):
