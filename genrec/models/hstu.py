@@ -45,10 +45,11 @@ def time_buckets(delta: torch.Tensor, num_buckets: int, divisor: float) -> torch
     """bucket(Δ) = clamp(trunc(ln(max(|Δ|, 1)) / divisor), 0, num_buckets), computed in fp32.
 
     Δ is int32 (timestamps are rebased per history, see genrec.inputs), which halves the
-    memory traffic of the one (B, T, T) pass that all layers share.
+    memory traffic of the one (B, T, T) pass that all layers share; the bucket comes out as
+    int64, the index type the layers' GatherElements lookups take.
     """
     mag = delta.abs().clamp_min(1).to(torch.float32)
-    bucket = (torch.log(mag) * (1.0 / divisor)).to(torch.int32)
+    bucket = (torch.log(mag) * (1.0 / divisor)).to(torch.int64)  # int64: gather's index type, no 2nd cast
     if math.log(2.0 ** 31) / divisor < num_buckets:  # int32 Δ can't reach the top bucket: no clamp
         return bucket
     return bucket.clamp_max(num_buckets)
@@ -59,7 +60,7 @@ def lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
     ``table[index]`` with an N-D index exports as GatherND, and a flat Gather over millions of
     indices is little better; onnxruntime runs GatherElements about 7x faster here."""
-    return torch.gather(table.expand(*index.shape[:-1], table.shape[0]), -1, index.long())
+    return torch.gather(table.expand(*index.shape[:-1], table.shape[0]), -1, index.to(torch.int64))
 
 
 class HSTULayer(nn.Module):
