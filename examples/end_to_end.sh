@@ -8,7 +8,7 @@ OUT=${2:-out/demo-$ARCH}
 DATA=data/beauty-slice
 mkdir -p "$OUT"
 
-genrec train --data "$DATA" --arch "$ARCH" --preset small -o "$OUT/model.pt"
+genrec train --data "$DATA" --arch "$ARCH" --preset small -o "$OUT/model.pt" --quiet
 genrec evaluate "$OUT/model.pt" --data "$DATA" --baseline
 genrec export "$OUT/model.pt" -o "$OUT/bundle" --force
 genrec inspect "$OUT/bundle" --target ascend > "$OUT/inspect.txt"
@@ -18,11 +18,12 @@ python3 - "$DATA" "$OUT/requests.jsonl" <<'PY'
 import json, sys
 items = open(f"{sys.argv[1]}/items.txt").read().split("\n")[:20]
 times = open(f"{sys.argv[1]}/times.txt").read().split("\n")[:20]
+rows = [(a.split(), b.split()) for a, b in zip(items, times)]
 with open(sys.argv[2], "w") as f:
-    for a, b in zip(items, times):
-        u, *it = a.split(); _, *ts = b.split()
+    for n, ((u, *it), (_, *ts)) in enumerate(rows):
+        other = rows[(n + 1) % len(rows)][0][1:]  # candidates: the held-out item + another user's items
         req = {"user_id": u, "items": [int(i) for i in it[:-1]], "timestamps": [int(t) for t in ts[:-1]],
-               "request_time": int(ts[-1]), "candidates": [int(i) for i in it[-3:]] + [1, 2, 3]}
+               "request_time": int(ts[-1]), "candidates": [int(it[-1])] + [int(i) for i in other[:5]]}
         f.write(json.dumps(req) + "\n")
 PY
 genrec-run "$OUT/bundle" --backend onnxruntime --input "$OUT/requests.jsonl" --output "$OUT/recs.jsonl" --k 10
