@@ -87,15 +87,16 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Checkpoint:
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from None
     model = build_model(config)
-    result = model.load_state_dict(blob["state_dict"], strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{path}: weights do not match the {config.arch} config "
-            f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})"
-        )
-    for name, t in blob["state_dict"].items():
-        have = model.state_dict()[name].shape
-        if t.shape != have:
-            raise CheckpointError(f"{path}: weight {name} has shape {tuple(t.shape)}, config expects {tuple(have)}")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(blob["state_dict"]))
+    unexpected = sorted(set(blob["state_dict"]) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match the {config.arch} config "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for name, t in blob["state_dict"].items():  # a key table with shape checks, before loading
+        if tuple(t.shape) != tuple(expected[name].shape):
+            raise CheckpointError(f"{path}: weight {name} has shape {tuple(t.shape)}, "
+                                  f"the config expects {tuple(expected[name].shape)}")
+    model.load_state_dict(blob["state_dict"])
     model.eval()
     return Checkpoint(model, config, list(blob["id_map"]), dict(blob.get("metadata", {})), path)
