@@ -138,7 +138,8 @@ def test_interrupted_export_leaves_nothing_behind(tmp_path, checkpoints):
     assert any(p.name.startswith(".bundle") for p in tmp_path.iterdir()), "export never started writing"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    # 130 from genrec's handler; Python itself may end a SIGINT'ed process by the signal (-2)
+    assert proc.returncode in (130, -signal.SIGINT), err
     assert "interrupted" in err and "Traceback" not in err
     assert leftovers(tmp_path, "bundle") == []
 
