@@ -14,6 +14,7 @@ those four (plus ``_close``), which keeps each one around a hundred lines.
 
 from __future__ import annotations
 
+import abc
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +133,7 @@ def _i32(x: Any, shape: tuple[int, ...], what: str, where: str) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.int32)
 
 
-class BackendBase:
+class BackendBase(abc.ABC):
     """Shared checks around a backend's ``_prefill``/``_step``/``_reorder``/``_rank``/``_close``.
 
     Subclasses set ``name``, call ``super().__init__(dims, id_map)`` and implement the impls;
@@ -270,19 +271,23 @@ class BackendBase:
         self.close()
 
     # -- what a backend implements -----------------------------------------------------------
+    @abc.abstractmethod
     def _prefill(self, batch: PrefillBatch) -> tuple[StepOutput, State]:
-        raise NotImplementedError
+        """Backend-specific part of the public method of the same name (checked inputs)."""
 
+    @abc.abstractmethod
     def _step(self, state: State, new_item: np.ndarray, position: np.ndarray,
               timestamp: np.ndarray | None, exclude_ids: np.ndarray) -> StepOutput:
-        raise NotImplementedError
+        """Backend-specific part of the public method of the same name (checked inputs)."""
 
+    @abc.abstractmethod
     def _reorder(self, state: State, index: np.ndarray) -> None:
-        raise NotImplementedError
+        """Backend-specific part of the public method of the same name (checked inputs)."""
 
+    @abc.abstractmethod
     def _rank(self, state: State, candidates: np.ndarray, position: np.ndarray,
               timestamp: np.ndarray | None) -> np.ndarray:
-        raise NotImplementedError
+        """Backend-specific part of the public method of the same name (checked inputs)."""
 
     def _close(self) -> None:
         pass
