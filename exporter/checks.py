@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from genrec.errors import ExportError
-from genrec.inputs import history_feed, pad_rows
+from genrec.inputs import history_feed, pad_rows, tile_history
 from genrec.models import GenerativeRecommender
 
 from .graphs import GraphDims, PrefillGraph, RankGraph, StepGraph
@@ -72,16 +72,13 @@ def random_histories(n: int, num_items: int, max_len: int, seed: int = 0) -> His
 
 
 def full_length(h: Histories, max_len: int) -> Histories:
-    """Lengthen real histories to more than ``max_len`` items by repeating them (their own
-    items and time gaps), since real data is often shorter than T."""
+    """Lengthen real histories past ``max_len`` by repeating them (their own items and time
+    gaps, ``genrec.inputs.tile_history``), since real data is often shorter than T."""
     items, times = [], []
     for i, s in enumerate(h.items):
-        reps = max_len // len(s) + 2
-        items.append(np.tile(s, reps)[: max_len + 3])
-        if h.times is not None:
-            t = h.times[i]
-            span = int(t[-1] - t[0]) + 86400
-            times.append(np.concatenate([t + k * span for k in range(reps)])[: max_len + 3])
+        it, ts = tile_history(s, None if h.times is None else h.times[i], max_len + 3)
+        items.append(it)
+        times.append(ts)
     req = None if h.times is None else np.array([t[-1] + 3600 for t in times])
     return Histories(items, times if h.times is not None else None, req, h.source + ", tiled past T")
 

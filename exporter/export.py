@@ -67,6 +67,7 @@ def _quiet():
     stack.enter_context(warnings.catch_warnings())
     warnings.simplefilter("ignore")
     stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    stack.enter_context(contextlib.redirect_stderr(io.StringIO()))  # onnxscript's folding prints misses
     for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript"):
         logger = logging.getLogger(name)
         old = logger.level
@@ -97,7 +98,8 @@ def export_graph(graph: torch.nn.Module, args: tuple, opset: int, max_batch: int
             prog = torch.onnx.export(graph, args, input_names=names_in, output_names=names_out,
                                      dynamic_shapes=(batch, batch, tuple(batch for _ in args[2:])),
                                      opset_version=18, dynamo=True, optimize=False)
-        _fold(prog.model)
+        with _quiet():
+            _fold(prog.model)
         proto = prog.model_proto
         if opset != 18:  # the converter can emit invalid nodes (seen: ReduceMax-18 attrs at 17)
             proto = _strip_reduce_attrs(version_converter.convert_version(proto, opset))

@@ -50,3 +50,24 @@ def history_feed(histories: Sequence[np.ndarray], max_len: int,
         feed["timestamps"] = ts.astype(np.int32)
         feed["request_time"] = req.astype(np.int32)
     return feed, base
+
+
+def tile_history(items: np.ndarray, times: np.ndarray | None, length: int
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Repeat a real history (its items and its time gaps) to ``length`` items, for checks on
+    histories longer than T when real data is short. The repetitions are a day apart and the
+    whole span is scaled down if needed to stay well inside int32 seconds (~34 years)."""
+    items = np.asarray(items, dtype=np.int64)
+    reps = length // len(items) + 1
+    tiled = np.tile(items, reps)[:length]
+    if times is None:
+        return tiled, None
+    t = np.asarray(times, dtype=np.int64)
+    gaps = np.diff(t, prepend=t[0])
+    gaps[0] = 86400  # the gap from the end of one repetition to the start of the next
+    g = np.tile(gaps, reps)[:length]
+    g[0] = 0
+    span = int(g.sum())
+    if span > 2 ** 30:
+        g = g * (2 ** 30 / span)
+    return tiled, t[0] + np.cumsum(g).astype(np.int64)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from genrec.errors import ConfigError
+from genrec.inputs import tile_history
 
 from .base import Backend, StepOutput
 from .decoding import SearchParams, _candidates, _chunks, _exclude, _history_exclusions, _pad, _prefill, generate, prepare, recommend
@@ -177,13 +178,10 @@ def requests_from_data(path: str | Path, id_map: list[int], users: int, max_hist
         reqs.append(Request(f"{r.user_id}#len1", r.items[-1:], r.timestamps[-1:] if r.timestamps else None,
                             r.request_time))
     for r in reqs[:edge]:  # longer than T
-        reps = max_history // len(r.items) + 2
-        items = (list(r.items) * reps)[: max_history + 5]
-        ts = None
-        if r.timestamps:
-            span = r.timestamps[-1] - r.timestamps[0] + 86400
-            ts = [t + k * span for k in range(reps) for t in r.timestamps][: max_history + 5]
-        reqs.append(Request(f"{r.user_id}#long", items, ts, (ts[-1] + 3600) if ts else None))
+        items, ts = tile_history(np.asarray(r.items), None if r.timestamps is None else np.asarray(r.timestamps),
+                                 max_history + 5)
+        ts_list = None if ts is None else ts.tolist()
+        reqs.append(Request(f"{r.user_id}#long", items.tolist(), ts_list, (ts_list[-1] + 3600) if ts_list else None))
     return ParityRequests(reqs, targets + [None] * (len(reqs) - natural), natural, f"{path} ({natural} held-out users)")
 
 
