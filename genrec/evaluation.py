@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .data import Examples, pad_batch
+from .data import Examples
+from .inputs import history_feed
 from .metrics import DEFAULT_KS, ranking_metrics
 from .models import GenerativeRecommender
 
@@ -23,20 +24,10 @@ def history_inputs(model: GenerativeRecommender, histories, times, request_times
     columns when every history is shorter; the user vectors do not change (causal attention,
     right padding).
     """
-    cfg = model.config
-    ids, lengths, ts = pad_batch(histories, min(width or cfg.max_len, cfg.max_len), times)
-    ids_t, len_t = torch.from_numpy(ids), torch.from_numpy(lengths)
-    if not model.needs_timestamps:
-        return ids_t, len_t, None, None
-    if ts is None:  # data without timestamps: every time difference is 0 (bucket 0)
-        ts = np.zeros_like(ids)
-        req = np.zeros(len(ids), dtype=np.int64)
-    else:
-        req = np.asarray(request_times, dtype=np.int64)
-        base = ts[:, :1].copy()
-        ts = np.where(ids != 0, ts - base, 0)
-        req = req - base[:, 0]
-    return ids_t, len_t, torch.from_numpy(ts), torch.from_numpy(req)
+    width = min(width or model.config.max_len, model.config.max_len)
+    feed, _ = history_feed(histories, width, times, request_times, with_time=model.needs_timestamps)
+    t = {k: torch.from_numpy(v.astype(np.int64)) for k, v in feed.items()}
+    return t["item_ids"], t["lengths"], t.get("timestamps"), t.get("request_time")
 
 
 @torch.no_grad()
