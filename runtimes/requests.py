@@ -81,6 +81,8 @@ def _ints(values: Any, name: str, where: str) -> np.ndarray:
 
 
 def _item_ids(values: Any, name: str, where: str, item_map: ItemMap) -> np.ndarray:
+    if isinstance(values, (list, tuple)) and not values:  # the usual empty deny list: no lookup
+        return np.zeros(0, dtype=np.int64)
     raw = _ints(values, name, where)
     if raw.size and raw.min() < 0:
         raise DataError(f"{where}: {name} has a negative item id {int(raw[raw < 0][0])}")
