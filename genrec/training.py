@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .data import Split, pad_batch
 from .errors import ConfigError, DataError
-from .evaluation import evaluate
+from .evaluation import evaluate, history_inputs
 from .models import GenerativeRecommender, ModelConfig, build_model
 
 
@@ -111,20 +111,14 @@ def batch_order(lengths: np.ndarray, batch_size: int, sort_window: int, rng: np.
 
 
 def _batch(rows, model: GenerativeRecommender):
+    """Pad a list of training rows to their longest input; inputs built as for serving."""
     t = max(len(r[0]) for r in rows)
-    ids, lengths, _ = pad_batch([r[0] for r in rows], t)
+    timed = rows[0][2] is not None
+    ids, lengths, ts, req = history_inputs(
+        model, [r[0] for r in rows], [r[2] for r in rows] if timed else None,
+        [r[3][-1] for r in rows] if timed else None, width=t)  # request time = last target's time
     tgt, _, _ = pad_batch([r[1] for r in rows], t)
-    ts = req = None
-    if model.needs_timestamps:
-        if rows[0][2] is None:
-            ts, req = np.zeros_like(ids), np.zeros(len(rows), dtype=np.int64)
-        else:
-            _, _, ts = pad_batch([r[0] for r in rows], t, [r[2] for r in rows])
-            base = ts[:, :1].copy()
-            ts = np.where(ids != 0, ts - base, 0)
-            req = np.array([r[3][-1] for r in rows], dtype=np.int64) - base[:, 0]
-        ts, req = torch.from_numpy(ts), torch.from_numpy(req)
-    return torch.from_numpy(ids), torch.from_numpy(lengths), ts, req, torch.from_numpy(tgt)
+    return ids, lengths, ts, req, torch.from_numpy(tgt)
 
 
 def sampled_softmax_loss(model: GenerativeRecommender, h: torch.Tensor, targets: torch.Tensor,
