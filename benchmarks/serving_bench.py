@@ -30,8 +30,14 @@ widths dqk/dv, L layers, N items; elementwise work (norms, SiLU, biases, masks) 
 
 Targets (from the issue) are printed beside the figures: onnxruntime >= 10x torch at batch 1
 and >= 3x at batch 64; cached >= 5x recompute; loop <= 10% at batch 64; prefill at batch 64
->= 20% of the sgemm rate. Timings are medians of ``--repeat`` runs after warm-up; on a shared
-machine run it when ``uptime`` shows a low load (the load averages are recorded).
+>= 20% of the sgemm rate.
+
+Every ratio compares things measured in alternation: ``--rounds`` rounds, in each of which
+every contender runs ``--repeat`` times (median kept); a ratio is the median over rounds of
+the per-round ratio. On a shared VM the machine's speed drifts (the same 2048^2 sgemm measured
+120-280 GFLOP/s within minutes here), and timing A for a minute and then B for a minute
+measures the drift as much as A/B. The absolute figures printed are medians over rounds;
+the load averages are recorded.
 """
 
 from __future__ import annotations
@@ -45,7 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch, onnxruntime and numpy's BLAS (default: physical cores)")
-    p.add_argument("--repeat", type=int, default=10, help="timed runs per figure (median reported)")
+    p.add_argument("--repeat", type=int, default=5, help="timed runs per contender per round (median kept)")
+    p.add_argument("--rounds", type=int, default=5, help="rounds in which the contenders alternate")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=10, help="slate length for (b) and (c)")
     p.add_argument("--gemm", type=int, default=2048, help="square sgemm size for (d)")
@@ -128,6 +135,23 @@ def timed(fn, repeat: int, warmup: int) -> list[float]:
     return out
 
 
+def in_rounds(fns: dict, rounds: int, repeat: int, warmup: int) -> dict[str, list[float]]:
+    """Per contender, the median seconds of ``repeat`` calls in each of ``rounds`` rounds; the
+    contenders take turns inside every round, so drift in machine speed hits them alike."""
+    for fn in fns.values():
+        timed(fn, 0, warmup)
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            out[k].append(med(timed(fn, repeat, 0)))
+    return out
+
+
+def ratio(num: list[float], den: list[float]) -> float:
+    """Median over rounds of num[r] / den[r]."""
+    return med([a / b for a, b in zip(num, den)])
+
+
 def med(xs) -> float:
     return float(np.median(xs))
 
@@ -177,30 +201,44 @@ def prefill_flops(cfg, b: int) -> dict[str, float]:
     return parts
 
 
-def sgemm_rate(n: int, tries: int = 5) -> dict[str, float]:
+def sgemm_call(n: int):
+    """A zero-argument call doing one n x n x n float32 numpy matmul (2·n³ FLOPs)."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     c = np.empty((n, n), np.float32)
-    np.matmul(a, b, out=c)
-    best = min(timed(lambda: np.matmul(a, b, out=c), tries, 0))
-    return {"n": n, "seconds": best, "gflops": 2 * n ** 3 / best / 1e9}
+    return lambda: np.matmul(a, b, out=c)
 
 
 # --------------------------------------------------------------------------------------------
 # the four measurements
 
 
-def measure_prefill(name: str, bundle: Path, args, out: dict) -> None:
+def measure_prefill(bundle: Path, cfg, args, out: dict) -> None:
+    """(a) torch vs onnxruntime prefill, and (d) the sgemm rate, all in alternation."""
     opts = {"threads": args.threads} if args.threads else {}
-    with get_backend(name, bundle, **opts) as be:
-        row = {"threads": getattr(be, "intra_op_threads", None) or _torch_threads()}
+    gemm, gemm_flops = sgemm_call(args.gemm), 2 * args.gemm ** 3
+    flops = prefill_flops(cfg, 64)["total"]
+    with get_backend("torch", bundle, **opts) as tb, get_backend("onnxruntime", bundle, **opts) as ob:
+        out["threads"] = {"torch": _torch_threads(), "onnxruntime": ob.intra_op_threads}
         for b in GEARS:
-            batch = prefill_batch(b, be.dims)
-            secs = timed(lambda: be.prefill(batch), args.repeat, args.warmup)
-            row[f"b{b}"] = {"p50_ms": med(secs) * 1e3, "min_ms": min(secs) * 1e3,
-                            "rows_per_s": b / med(secs)}
-        out[name] = row
+            batch = prefill_batch(b, ob.dims)
+            fns = {"torch": lambda: tb.prefill(batch), "onnxruntime": lambda: ob.prefill(batch)}
+            if b == 64:
+                fns["sgemm"] = gemm
+            r = in_rounds(fns, args.rounds, args.repeat if b == 64 else 10 * args.repeat, args.warmup)
+            row = {k: {"p50_ms": med(v) * 1e3, "rows_per_s": b / med(v), "rounds_ms": [x * 1e3 for x in v]}
+                   for k, v in r.items() if k != "sgemm"}
+            row["speedup"] = ratio(r["torch"], r["onnxruntime"])
+            if b == 64:
+                row["sgemm_gflops"] = gemm_flops / med(r["sgemm"]) / 1e9
+                row["sgemm_gflops_rounds"] = [gemm_flops / x / 1e9 for x in r["sgemm"]]
+                for k in ("torch", "onnxruntime"):
+                    row[k]["gflops"] = flops / row[k]["p50_ms"] * 1e3 / 1e9
+                    # per round: (flops / t_model) / (gemm_flops / t_gemm)
+                    row[k]["fraction_of_sgemm"] = ratio([flops * x for x in r["sgemm"]],
+                                                        [gemm_flops * x for x in r[k]])
+            out[f"b{b}"] = row
 
 
 def _torch_threads() -> int:
@@ -233,11 +271,11 @@ def measure_ort(bundle: Path, args, out: dict) -> None:
             cached = generate(be, reqs, steps)
             again = slate_by_recompute(be, reqs, steps)
             same = sum(c.items == r for c, r in zip(cached, again)) / b
-            rep = max(2, args.repeat // 3)
-            t_cache = med(timed(lambda: generate(be, reqs, steps), rep, 1))
-            t_re = med(timed(lambda: slate_by_recompute(be, reqs, steps), rep, 1))
-            cache[f"b{b}"] = {"cached_ms": t_cache * 1e3, "recompute_ms": t_re * 1e3,
-                              "speedup": t_re / t_cache, "same_slates": same}
+            r = in_rounds({"cached": lambda: generate(be, reqs, steps),
+                           "recompute": lambda: slate_by_recompute(be, reqs, steps)},
+                          args.rounds, max(1, args.repeat // 2), 1)
+            cache[f"b{b}"] = {"cached_ms": med(r["cached"]) * 1e3, "recompute_ms": med(r["recompute"]) * 1e3,
+                              "speedup": ratio(r["recompute"], r["cached"]), "same_slates": same}
         out["cache_vs_recompute"] = cache
         # (c) loop overhead at batch 64
         inside = Inside(be)
@@ -249,7 +287,7 @@ def measure_ort(bundle: Path, args, out: dict) -> None:
                                  ("generate", lambda: generate(be, reqs, steps))):
                     fn()
                     walls, ins = [], []
-                    for _ in range(args.repeat):
+                    for _ in range(args.repeat * args.rounds):
                         inside.reset()
                         t0 = time.perf_counter()
                         fn()
@@ -267,7 +305,7 @@ def main(args: argparse.Namespace) -> dict:
     from genrec.checkpoint import load_checkpoint
 
     report: dict = {"load_average_before": list(os.getloadavg()), "cpu_count": os.cpu_count(),
-                    "threads_arg": args.threads, "repeat": args.repeat}
+                    "threads_arg": args.threads, "repeat": args.repeat, "rounds": args.rounds}
     with tempfile.TemporaryDirectory(prefix="serving-bench-") as tmp:
         root = Path(args.workdir or tmp)
         root.mkdir(parents=True, exist_ok=True)
@@ -275,32 +313,24 @@ def main(args: argparse.Namespace) -> dict:
         bundle = make_bundle(root)
         report["export_s"] = time.perf_counter() - t0
         cfg = load_checkpoint(bundle / "model.pt").config
-        # (a) torch first, then onnxruntime: one backend (one thread pool) at a time
         prefill: dict = {}
-        for name in ("torch", "onnxruntime"):
-            measure_prefill(name, bundle, args, prefill)
+        measure_prefill(bundle, cfg, args, prefill)  # (a) and (d)
         report["prefill"] = prefill
-        measure_ort(bundle, args, report)
-    # (d)
-    gemm = sgemm_rate(args.gemm)
-    flops = prefill_flops(cfg, 64)
-    achieved = {name: flops["total"] / (prefill[name]["b64"]["p50_ms"] / 1e3) / 1e9 for name in prefill}
-    report["flops"] = {"prefill_b64": flops, "sgemm": gemm, "achieved_gflops": achieved,
-                       "fraction_of_sgemm": {k: v / gemm["gflops"] for k, v in achieved.items()}}
+        measure_ort(bundle, args, report)  # (b) and (c)
+    report["prefill_flops_b64"] = prefill_flops(cfg, 64)
     report["load_average_after"] = list(os.getloadavg())
-    tor, ort_ = prefill["torch"], prefill["onnxruntime"]
-    loop = report["loop_overhead_b64"]
+    loop, b64 = report["loop_overhead_b64"], prefill["b64"]
     report["ratios"] = {
-        "ort_vs_torch_b1": tor["b1"]["p50_ms"] / ort_["b1"]["p50_ms"],
-        "ort_vs_torch_b64": ort_["b64"]["rows_per_s"] / tor["b64"]["rows_per_s"],
+        "ort_vs_torch_b1": prefill["b1"]["speedup"],
+        "ort_vs_torch_b64": b64["speedup"],
         "cache_vs_recompute_b64": report["cache_vs_recompute"]["b64"]["speedup"],
         "cache_vs_recompute_b1": report["cache_vs_recompute"]["b1"]["speedup"],
         "loop_share_recommend": loop["recommend_numpy"]["share"],
         "loop_share_generate": loop["generate_numpy"]["share"],
         "loop_share_recommend_lists": loop["recommend_lists"]["share"],
         "loop_share_generate_lists": loop["generate_lists"]["share"],
-        "ort_gemm_fraction": report["flops"]["fraction_of_sgemm"]["onnxruntime"],
-        "torch_gemm_fraction": report["flops"]["fraction_of_sgemm"]["torch"],
+        "ort_gemm_fraction": b64["onnxruntime"]["fraction_of_sgemm"],
+        "torch_gemm_fraction": b64["torch"]["fraction_of_sgemm"],
     }
     report["targets"] = TARGETS
     return report
@@ -308,19 +338,19 @@ def main(args: argparse.Namespace) -> dict:
 
 def print_report(r: dict) -> None:
     p, ratios = r["prefill"], r["ratios"]
-    print(f"HSTU {PRESET}: T=200 d=50 L=2 h=1 N={NUM_ITEMS}; threads torch {p['torch']['threads']}, "
-          f"onnxruntime {p['onnxruntime']['threads']}; load {r['load_average_before'][0]:.2f} -> "
-          f"{r['load_average_after'][0]:.2f} on {r['cpu_count']} CPUs")
-    print(f"{'figure':44s} {'value':>12s} {'target':>10s}  ok")
+    print(f"HSTU {PRESET}: T=200 d=50 L=2 h=1 N={NUM_ITEMS}; threads torch {p['threads']['torch']}, "
+          f"onnxruntime {p['threads']['onnxruntime']}; load {r['load_average_before'][0]:.2f} -> "
+          f"{r['load_average_after'][0]:.2f} on {r['cpu_count']} CPUs; {r['rounds']} rounds")
+    print(f"{'figure':52s} {'value':>10s} {'target':>10s}  ok")
 
     def line(label, value, target=None, fmt="{:.2f}", le=False):
         ok = "" if target is None else ("yes" if (value <= target if le else value >= target) else "NO")
         tgt = "" if target is None else ("<= " if le else ">= ") + fmt.format(target)
-        print(f"{label:44s} {fmt.format(value):>12s} {tgt:>10s}  {ok}")
+        print(f"{label:52s} {fmt.format(value):>10s} {tgt:>10s}  {ok}")
 
     for name in ("torch", "onnxruntime"):
-        line(f"(a) {name} prefill b1 p50 ms", p[name]["b1"]["p50_ms"])
-        line(f"(a) {name} prefill b64 rows/s", p[name]["b64"]["rows_per_s"], fmt="{:.0f}")
+        line(f"(a) {name} prefill b1 p50 ms", p["b1"][name]["p50_ms"])
+        line(f"(a) {name} prefill b64 rows/s", p["b64"][name]["rows_per_s"], fmt="{:.0f}")
     line("(a) onnxruntime/torch speedup b1", ratios["ort_vs_torch_b1"], TARGETS["ort_vs_torch_b1"])
     line("(a) onnxruntime/torch speedup b64", ratios["ort_vs_torch_b64"], TARGETS["ort_vs_torch_b64"])
     for b in ("b1", "b64"):
@@ -329,15 +359,17 @@ def print_report(r: dict) -> None:
              c["speedup"], TARGETS["cache_vs_recompute"])
         line(f"(b) {b}: identical slates", c["same_slates"], fmt="{:.0%}")
     for key, c in r["loop_overhead_b64"].items():
-        line(f"(c) loop share b64 {key}", c["share"], TARGETS["loop_share_max"], fmt="{:.1%}", le=True)
-    f = r["flops"]
-    line(f"(d) sgemm {f['sgemm']['n']}^2 GFLOP/s", f["sgemm"]["gflops"], fmt="{:.1f}")
+        line(f"(c) loop share b64 {key} ({c['loop_ms']:.1f} of {c['wall_ms']:.1f} ms)", c["share"],
+             TARGETS["loop_share_max"], fmt="{:.1%}", le=True)
+    b64 = p["b64"]
+    line(f"(d) sgemm {ARGS.gemm if ARGS else ''}^2 GFLOP/s (median of rounds)", b64["sgemm_gflops"], fmt="{:.1f}")
     for name in ("torch", "onnxruntime"):
-        line(f"(d) {name} prefill b64 GFLOP/s", f["achieved_gflops"][name], fmt="{:.1f}")
-        line(f"(d) {name} prefill b64 / sgemm", f["fraction_of_sgemm"][name], TARGETS["gemm_fraction"],
+        line(f"(d) {name} prefill b64 GFLOP/s", b64[name]["gflops"], fmt="{:.1f}")
+        line(f"(d) {name} prefill b64 / sgemm", b64[name]["fraction_of_sgemm"], TARGETS["gemm_fraction"],
              fmt="{:.1%}")
-    print(f"prefill b64 = {f['prefill_b64']['total'] / 1e9:.3f} GFLOP per call "
-          f"({', '.join(f'{k} {v / 1e9:.3f}' for k, v in f['prefill_b64'].items() if k != 'total')})")
+    f = r["prefill_flops_b64"]
+    print(f"prefill b64 = {f['total'] / 1e9:.3f} GFLOP per call "
+          f"({', '.join(f'{k} {v / 1e9:.3f}' for k, v in f.items() if k != 'total')})")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,12 @@ the onnxruntime backend.
 no CastLike kernel, so its constant folding stops there and constant subgraphs behind it (the
 L2-normalised item table, the (T, T) position bias) run on every call; ATC gains nothing from
 them either. CastLike is defined as Cast to the type of ``like``, so the rewrite is exact.
+
+``writable_in_place``: which ``past_*`` cache inputs of a step graph a runtime may alias to
+their ``present_*`` outputs (one buffer for both), so that a step writes one row instead of
+copying the whole cache. Safe exactly when the input's only reader is the scatter that
+produces the output: that kernel then finds input and output at one address and skips its
+copy, and no other node can see the updated buffer too early.
 """
 
 from __future__ import annotations
@@ -41,3 +47,32 @@ def castlike_to_cast(model: Any) -> bool:
         node.attribute.extend(saturate)
         changed = True
     return changed
+
+
+SCATTERS = ("ScatterElements", "ScatterND")
+SHAPE_ONLY = ("Shape", "Size")
+
+
+def writable_in_place(model: Any, pairs: dict[str, str]) -> set[str]:
+    """The inputs of ``pairs`` (input name -> output name) that may share one buffer with
+    their output: each is read (beyond Shape/Size) by exactly one node, a plain (no ``reduction``) ScatterElements
+    or ScatterND whose data input it is and whose output is that graph output."""
+    graph = model.graph
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        if node.op_type in SHAPE_ONLY and node.domain in ("", "ai.onnx"):
+            continue  # reads the shape, which a write never changes
+        for name in set(node.input):
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    safe = set()
+    for src, dst in pairs.items():
+        nodes = readers.get(src, [])
+        if len(nodes) != 1 or src in outputs or dst not in outputs:
+            continue
+        node = nodes[0]
+        plain = all(a.name != "reduction" or a.s in (b"", b"none") for a in node.attribute)
+        if (node.op_type in SCATTERS and node.domain in ("", "ai.onnx") and plain
+                and node.input[0] == src and src not in node.input[1:] and node.output[0] == dst):
+            safe.add(src)
+    return safe

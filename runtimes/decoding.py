@@ -33,7 +33,7 @@ from genrec.errors import ConfigError, DataError
 from genrec.inputs import history_feed
 
 from .base import Backend, PrefillBatch, State, StepOutput
-from .requests import Prepared, Request, Result, request_from_json, validate_request
+from .requests import Prepared, Request, Result, request_from_json, validate_requests
 
 __all__ = ["Request", "Result", "SearchParams", "generate", "prepare", "rank", "recommend"]
 
@@ -74,15 +74,11 @@ class SearchParams:
 def prepare(backend: Backend, requests: Sequence[Request | dict], need_candidates: bool = False
             ) -> list[Prepared]:
     """Validate every request (DataError naming the first bad one) and map it to internal ids."""
-    d, out = backend.dims, []
-    for i, req in enumerate(requests):
-        where = f"request {i}"
-        if isinstance(req, dict):
-            req = request_from_json(req, where)
-        out.append(validate_request(req, backend.item_map, d.needs_timestamps,
-                                    f"{where} (user_id {req.user_id!r})", d.max_history,
-                                    need_candidates))
-    return out
+    d = backend.dims
+    reqs = [request_from_json(r, f"request {i}") if isinstance(r, dict) else r for i, r in enumerate(requests)]
+    return validate_requests(reqs, backend.item_map, d.needs_timestamps,
+                             lambda i: f"request {i} (user_id {reqs[i].user_id!r})", d.max_history,
+                             need_candidates)
 
 
 def _chunks(backend: Backend, rows: list, batch_size: int | None, per_request: int = 1):

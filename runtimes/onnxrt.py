@@ -1,10 +1,16 @@
 """The ``onnxruntime`` backend: a bundle's prefill/step/rank graphs on any execution provider.
 
 The cache never leaves the provider's memory. Every run goes through IO binding: ``past_*``
-inputs are bound to the state's OrtValues and ``present_*`` outputs to a second set of
-OrtValues of the same shapes on the same device; after a step the two sets swap
-(double buffering: a graph never reads and writes one buffer). Only the small outputs
-(top-K' ids/scores, log_z, user_emb) are bound to host numpy arrays.
+inputs are bound to the state's OrtValues and only the small outputs (top-K' ids/scores,
+log_z, user_emb) are bound to host numpy arrays. A step writes its cache in place where the
+graph allows it (``genrec.onnx_graph.writable_in_place``: the ``past_*`` input is read only
+by the ScatterElements that makes ``present_*``): ``present_*`` is bound to the same OrtValue,
+the scatter kernel sees one address and writes one row per batch entry instead of copying
+the cache. That is how onnxruntime-genai shares past and present buffers, and it took the
+cache write from about a third of a batch-64 HSTU step to almost nothing. Any other cache
+tensor is double-buffered: ``present_*`` goes to a second set of OrtValues and the sets swap.
+In-place writing is on by default for the CPU provider (where it is tested); pass
+``inplace_cache=True`` to use it on CUDA or CANN as well, ``False`` to turn it off.
 
 Beam reordering (``reorder``) runs a tiny ONNX graph, one ``Gather(axis=0)`` per cache
 tensor, built at load time from the step graph's cache inputs and run on the same provider
@@ -15,7 +21,10 @@ of preallocated buffers, was rejected because it would not carry over to device 
 
 Speed (see ``benchmarks/serving_bench.py``): sessions use every graph optimisation
 (``ORT_ENABLE_ALL``), sequential execution and, unless told otherwise, one intra-op thread per
-physical core the process may run on. Before a graph is loaded, ``CastLike(x, like)`` nodes
+physical core the process may run on. Each session has its own thread pool whose threads do
+not spin once their graph ends (they would steal the cores from the next graph's pool);
+``shared_threads=True`` puts every session on onnxruntime's process-wide pool instead, a bit
+faster still, but then every other onnxruntime session in the process must use it too. Before a graph is loaded, ``CastLike(x, like)`` nodes
 whose ``like`` has a known element type become ``Cast(x, to=...)`` (the same op by
 definition): the CPU provider has no CastLike kernel, so onnxruntime cannot constant-fold
 through one, and torch's exporter puts them on batch-independent subgraphs (the normalised
@@ -31,6 +40,7 @@ import numpy as np
 
 from genrec.bundle import Bundle
 from genrec.errors import BundleError, ConfigError, MissingBackend
+from genrec.onnx_graph import writable_in_place
 
 from .base import BackendBase, BundleDims, PrefillBatch, State, StepOutput, open_bundle
 
@@ -58,15 +68,29 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def fold_castlike(path: str | os.PathLike[str]) -> bytes | None:
+def shared_pool(ort, threads: int) -> None:
+    """Create onnxruntime's process-wide intra-op pool of ``threads`` threads (``shared_threads``).
+
+    Once it exists, *every* session in the process must opt into it (onnxruntime refuses
+    sessions with their own pools), which is why it is opt-in; ConfigError when the pool
+    cannot be created (already created: it can be sized once per process)."""
+    try:
+        ort.set_global_thread_pool_sizes(threads, 1)
+    except Exception as e:  # noqa: BLE001 - AttributeError on old builds, Fail when already set
+        raise ConfigError(f"onnxruntime backend: cannot create a shared pool of {threads} threads "
+                          f"({str(e).splitlines()[0][:120]}); it can be created once per process") from None
+
+
+def fold_castlike(path: str | os.PathLike[str], model=None) -> bytes | None:
     """The model at ``path`` with CastLike rewritten as Cast (``genrec.onnx_graph``), serialised;
     None when there is nothing to rewrite (or weights are external). Bundles from
-    ``genrec export`` have no CastLike; this keeps older or hand-made graphs fast too."""
+    ``genrec export`` have no CastLike; this keeps older or hand-made graphs fast too.
+    ``model``: the graph already loaded from ``path`` (without external data), to save a load."""
     import onnx
 
     from genrec.onnx_graph import castlike_to_cast
 
-    model = onnx.load(str(path), load_external_data=False)
+    model = model if model is not None else onnx.load(str(path), load_external_data=False)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         return None  # bytes would lose the path external data is resolved against
     return model.SerializeToString() if castlike_to_cast(model) else None
@@ -87,10 +111,13 @@ def gather_rows_model(specs: list[tuple[str, list, str]]):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
 
 
+_SHARED: list[int] = []  # size of the process-wide pool, once this module created it
+
+
 class OrtState(State):
     def __init__(self, cache: list, spare: list | None = None):
         self.cache = cache  # OrtValues read by the next run as past_*
-        self.spare = spare  # OrtValues of the same shapes the next run writes (None: allocate)
+        self.spare = spare  # OrtValues of the same shapes a run may write into (None: allocate)
 
 
 class OrtBackend(BackendBase):
@@ -101,7 +128,8 @@ class OrtBackend(BackendBase):
     def __init__(self, source: Bundle | str | os.PathLike[str], *, precision: str | None = None,
                  provider: str = "cpu", provider_options: dict | None = None, device_id: int = 0,
                  intra_op_threads: int | None = None, inter_op_threads: int | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, inplace_cache: bool | None = None,
+                 shared_threads: bool = False):
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -122,8 +150,19 @@ class OrtBackend(BackendBase):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of ops: no inter-op pool
         self.intra_op_threads = intra_op_threads or threads or (physical_cores() if provider == "cpu" else 0)
-        opts.intra_op_num_threads = self.intra_op_threads
-        opts.inter_op_num_threads = inter_op_threads or 0
+        if shared_threads:
+            if not _SHARED:
+                shared_pool(ort, self.intra_op_threads)
+                _SHARED.append(self.intra_op_threads)
+            self.intra_op_threads = _SHARED[0]
+            opts.use_per_session_threads = False  # the process-wide pool: one set of threads for all graphs
+        else:
+            opts.intra_op_num_threads = self.intra_op_threads
+            opts.inter_op_num_threads = inter_op_threads or 0
+            # each session has its own pool and the graphs run one after another: threads that
+            # spin on after their graph ends (onnxruntime's default) steal the cores from the
+            # next graph's; on 2 cores that made a batch-64 HSTU step after a prefill 2x slower
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         ep_opts = dict(provider_options or {})
         if provider != "cpu":
             ep_opts.setdefault("device_id", device_id)
@@ -133,9 +172,14 @@ class OrtBackend(BackendBase):
         def session(model):
             return ort.InferenceSession(model, sess_options=opts, providers=providers)
 
+        protos = {}
+
         def graph(name):
+            import onnx
+
             path = bundle.graph_path(name, precision)
-            return session(fold_castlike(path) or str(path))
+            protos[name] = proto = onnx.load(str(path), load_external_data=False)
+            return session(fold_castlike(path, proto) or str(path))
 
         self.precision = precision
         self._sess = {g: graph(g) for g in ("prefill", "step", "rank")}
@@ -151,6 +195,10 @@ class OrtBackend(BackendBase):
         self._present = ["present_" + n[len("past_"):] for n in self._past]
         self._cache_specs = [(i.name, i.shape, i.type) for i in past]
         self._gather = session(gather_rows_model(self._cache_specs).SerializeToString())
+        if inplace_cache is None:
+            inplace_cache = provider == "cpu"
+        safe = writable_in_place(protos["step"], dict(zip(self._past, self._present))) if inplace_cache else set()
+        self._inplace = [name in safe for name in self._past]  # per cache tensor, in cache order
 
     # -- buffers and runs --------------------------------------------------------------------
     def _alloc_cache(self, b: int) -> list:
@@ -179,8 +227,13 @@ class OrtBackend(BackendBase):
     def _output(self, host: dict[str, np.ndarray]) -> StepOutput:
         return StepOutput(host["topk_ids"], host["topk_scores"], host["log_z"], host.get("user_emb"))
 
+    @property
+    def inplace_cache(self) -> list[str]:
+        """Names of the cache inputs a step writes in place (the rest are double-buffered)."""
+        return [n for n, ip in zip(self._past, self._inplace) if ip]
+
     def _swap(self, state: OrtState, b: int) -> None:
-        """After a run that wrote into ``state.spare``: make it the cache, keep the old as spare."""
+        """After a reorder that wrote into ``state.spare``: make it the cache, keep the old as spare."""
         state.cache, state.spare = state.spare, state.cache if state.batch == b else None
 
     # -- the impls ---------------------------------------------------------------------------
@@ -196,14 +249,19 @@ class OrtBackend(BackendBase):
 
     def _step(self, state: OrtState, new_item, position, timestamp, exclude_ids) -> StepOutput:
         b = state.batch
-        if state.spare is None:
-            state.spare = self._alloc_cache(b)
         feeds = {"new_item": new_item, "position": position}
         if timestamp is not None:
             feeds["timestamp"] = timestamp
         feeds["exclude_ids"] = exclude_ids
-        host = self._run("step", feeds, b, cache_in=state.cache, cache_out=state.spare)
-        self._swap(state, b)
+        if all(self._inplace):
+            return self._output(self._run("step", feeds, b, cache_in=state.cache, cache_out=state.cache))
+        if state.spare is None:
+            state.spare = self._alloc_cache(b)
+        # in place where the graph allows it, into the spare buffer (then swapped) elsewhere
+        out = [c if ip else s for c, s, ip in zip(state.cache, state.spare, self._inplace)]
+        host = self._run("step", feeds, b, cache_in=state.cache, cache_out=out)
+        state.spare = [s if ip else c for c, s, ip in zip(state.cache, state.spare, self._inplace)]
+        state.cache = out
         return self._output(host)
 
     def _reorder(self, state: OrtState, index: np.ndarray) -> None:

@@ -202,7 +202,7 @@ class HSTU(GenerativeRecommender):
         if timestamp is None:
             raise ValueError("HSTU needs a timestamp per step (the request time)")
         ts = timestamp.to(torch.int32)
-        ts_cache = write_at(cache[-1][:, None, :, None], ts[:, None, None, None], position)[:, 0, :, 0]
+        ts_cache = cache[-1].scatter(1, position[:, None], ts[:, None])  # one ScatterElements on the input itself
         rel, buckets = self._rows(position, ts, ts_cache)
         x = self._embed(new_item[:, None], position[:, None])
         out: list[torch.Tensor] = []

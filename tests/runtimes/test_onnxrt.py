@@ -1,5 +1,6 @@
-"""The onnxruntime backend keeps the cache in bound OrtValues: double-buffered steps, beam
-reorder by an ORT Gather, and no cache tensor ever mapped into numpy inside the loop."""
+"""The onnxruntime backend keeps the cache in bound OrtValues: steps that write it in place
+(or double-buffer it), beam reorder by an ORT Gather, and no cache tensor ever mapped into
+numpy inside the loop."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from genrec.inputs import history_feed
-from genrec.runtimes import PrefillBatch, SearchParams, generate, rank
+from genrec.runtimes import PrefillBatch, SearchParams, generate, get_backend, rank
 
 
 def _prefill(backend, seqs, users):
@@ -35,18 +36,64 @@ def test_cache_never_leaves_ortvalues_in_the_loop(backends, requests, monkeypatc
     rank(backend, requests)
 
 
-def test_steps_swap_two_buffers(backends, beauty):
-    _, backend = backends["llama"]
-    out, state, feed = _prefill(backend, beauty, [0, 1, 2, 3])
-    assert all(isinstance(v, ort.OrtValue) for v in state.cache)
-    first = [v.data_ptr() for v in state.cache]
-    step = dict(new_item=out.topk_ids[:, 0], position=feed["lengths"], timestamp=None,
-                exclude_ids=np.zeros((4, backend.dims.max_exclude), np.int32))
-    backend.step(state, **step)
-    second = [v.data_ptr() for v in state.cache]
-    backend.step(state, **{**step, "position": feed["lengths"] + 1})
-    assert set(first).isdisjoint(second)  # present_* went to the other set
-    assert [v.data_ptr() for v in state.cache] == first  # and back: no allocation per step
+def _steps(backend, beauty, users, n):
+    """Prefill ``users`` then ``n`` greedy steps; the data pointers of the cache after each."""
+    out, state, feed = _prefill(backend, beauty, users)
+    ptrs, outs = [[v.data_ptr() for v in state.cache]], [out]
+    ts = feed.get("request_time")
+    for i in range(n):
+        out = backend.step(state, out.topk_ids[:, 0], feed["lengths"] + i, ts,
+                           np.zeros((len(users), backend.dims.max_exclude), np.int32))
+        ptrs.append([v.data_ptr() for v in state.cache])
+        outs.append(out)
+    return state, ptrs, outs
+
+
+@pytest.mark.parametrize("arch", ["hstu", "llama"])
+def test_steps_write_the_cache_in_place(arch, backends, beauty, bundles):
+    """On CPU every cache tensor is written in place (one buffer, no copy per step), with
+    exactly the results of double buffering."""
+    _, backend = backends[arch]
+    assert backend.inplace_cache == backend._past  # every past_* input qualifies
+    state, ptrs, outs = _steps(backend, beauty, [0, 1, 2, 3], 3)
+    assert all(p == ptrs[0] for p in ptrs)
+    assert state.spare is None  # no second set is even allocated until a beam reorder
+    with get_backend("onnxruntime", bundles[arch], threads=1, inplace_cache=False) as double:
+        assert double.inplace_cache == []
+        _, dptrs, douts = _steps(double, beauty, [0, 1, 2, 3], 3)
+    assert set(dptrs[0]).isdisjoint(dptrs[1]) and dptrs[2] == dptrs[0]  # two sets, swapped
+    for a, b in zip(outs, douts):
+        np.testing.assert_array_equal(a.topk_ids, b.topk_ids)
+        np.testing.assert_array_equal(a.topk_scores, b.topk_scores)
+        np.testing.assert_array_equal(a.log_z, b.log_z)
+
+
+def _scatter_graph(extra_reader: str | None = None, reduction: str | None = None):
+    """present = ScatterElements(past, idx, row) (+ optionally another node reading past)."""
+    from onnx import TensorProto as T, helper
+
+    attrs = {"axis": 1, **({"reduction": reduction} if reduction else {})}
+    nodes = [helper.make_node("ScatterElements", ["past", "idx", "row"], ["present"], **attrs)]
+    outputs = [helper.make_tensor_value_info("present", T.FLOAT, ["b", 5])]
+    if extra_reader:
+        nodes.append(helper.make_node(extra_reader, ["past"], ["seen"]))
+        outputs.append(helper.make_tensor_value_info("seen", T.FLOAT if extra_reader == "Neg" else T.INT64, None))
+    inputs = [helper.make_tensor_value_info("past", T.FLOAT, ["b", 5]),
+              helper.make_tensor_value_info("idx", T.INT64, ["b", 1]),
+              helper.make_tensor_value_info("row", T.FLOAT, ["b", 1])]
+    return helper.make_model(helper.make_graph(nodes, "g", inputs, outputs))
+
+
+@pytest.mark.parametrize("extra, reduction, safe", [
+    (None, None, True), ("Shape", None, True),  # a Shape reader sees only the (unchanged) shape
+    ("Neg", None, False),  # another reader could run after the write and see the new row
+    (None, "add", False),  # a reducing scatter is not a plain write
+])
+def test_writable_in_place_only_when_the_scatter_is_the_only_reader(extra, reduction, safe):
+    from genrec.onnx_graph import writable_in_place
+
+    assert writable_in_place(_scatter_graph(extra, reduction), {"past": "present"}) == ({"past"} if safe else set())
+    assert writable_in_place(_scatter_graph(), {"past": "elsewhere"}) == set()
 
 
 @pytest.mark.parametrize("arch", ["hstu", "gpt"])

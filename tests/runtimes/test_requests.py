@@ -8,7 +8,7 @@ import pytest
 from genrec.data import ItemMap
 from genrec.errors import DataError
 from genrec.runtimes import Request
-from genrec.runtimes.requests import request_from_json, validate_request
+from genrec.runtimes.requests import request_from_json, validate_request, validate_requests
 
 ITEMS = ItemMap.from_list([10, 20, 30, 40, 50])
 
@@ -68,3 +68,36 @@ def test_json_objects_are_checked(obj, message):
 def test_json_nulls_mean_absent():
     req = request_from_json({"user_id": 3, "items": [10], "timestamps": None, "exclude": None}, "l")
     assert req.timestamps is None and req.exclude == ()
+
+
+GOOD = [Request("a", [30, 10, 50], [1, 2, 2], exclude=[20], candidates=[40, 10]),
+        Request("b", np.array([20, 40]), np.array([5, 9]), request_time=12, exclude=np.array([50])),
+        Request("c", [10, 20, 30, 40], [-(2**40), 1, 2, 3], candidates=np.array([50]))]
+
+
+def check_all(reqs, hstu=True, **kw):
+    return validate_requests(reqs, ITEMS, hstu, lambda i: f"request {i}", max_history=3, **kw)
+
+
+def test_a_batch_validates_like_one_request_at_a_time():
+    for hstu in (True, False):
+        one = [validate_request(r, ITEMS, hstu, "x", max_history=3) for r in GOOD]
+        for a, b in zip(check_all(GOOD, hstu), one):
+            assert (a.user_id, a.request_time, a.raw_candidates) == (b.user_id, b.request_time, b.raw_candidates)
+            for f in ("history", "times", "exclude", "candidates"):
+                x, y = getattr(a, f), getattr(b, f)
+                assert (x is None and y is None) or (x.dtype == y.dtype and x.tolist() == y.tolist())
+    assert check_all([]) == []
+
+
+@pytest.mark.parametrize("bad", [2, 0])
+def test_a_batch_names_its_first_bad_request(bad):
+    late = Request("z", [10, 99], [1, 2])  # unknown id, but after the first bad one
+    reqs = [*GOOD, late]
+    reqs.insert(bad, Request("u", [10, 20, 30], [5, 9, 7]))
+    with pytest.raises(DataError, match=f"^request {bad}: timestamps go backwards at index 2"):
+        check_all(reqs)
+    reqs[bad] = Request("u", [10, 20], [5, 6], request_time=2**70)  # too big for the batch arrays
+    check_all(reqs[:-1], hstu=False)  # fine off HSTU (no int32 span) when checked one by one ...
+    with pytest.raises(DataError, match="request 4: unknown item id 99 in items"):
+        check_all(reqs, hstu=False)  # ... and the later unknown id is still found
