@@ -28,7 +28,7 @@ from genrec.bundle import Bundle, io_spec_from_onnx, load_bundle, write_manifest
 from genrec.checkpoint import Checkpoint, load_checkpoint
 from genrec.errors import ExportError, GenrecError
 from genrec.models import GenerativeRecommender
-from genrec.onnx_graph import castlike_to_cast
+from genrec.onnx_graph import castlike_to_cast, narrow_index_casts
 
 from . import atc_lint
 from .checks import DEFAULT_ATOL, DEFAULT_RTOL, Histories, numeric_check, ort_session, random_histories, structural_check
@@ -226,6 +226,7 @@ def export_bundle(checkpoint: str | Path, output: str | Path, *, opset: int = 18
                 traced = wrapper(*args)
             proto = fix_output_shapes(proto, list(traced) if isinstance(traced, tuple) else [traced])
             castlike_to_cast(proto)
+            narrow_index_casts(proto)
             if graph_hook is not None:
                 proto = graph_hook(name, proto)
             path = tmp / f"{name}.onnx"

@@ -7,6 +7,13 @@ no CastLike kernel, so its constant folding stops there and constant subgraphs b
 L2-normalised item table, the (T, T) position bias) run on every call; ATC gains nothing from
 them either. CastLike is defined as Cast to the type of ``like``, so the rewrite is exact.
 
+``narrow_index_casts``: torch indexes with int64 only, so an exported gather's indices arrive
+through ``Cast(to=INT64)``. Gather, GatherElements and ScatterElements take int32 indices as
+well; where a Cast feeds nothing else, it is narrowed to int32 (or dropped when its input is
+int32 already). For HSTU's (B, T, T) time buckets that halves the bytes of the largest index
+tensor in the model, written once and read by a gather. Indices address one axis of a tensor,
+so they always fit in int32.
+
 ``writable_in_place``: which ``past_*`` cache inputs of a step graph a runtime may alias to
 their ``present_*`` outputs (one buffer for both), so that a step writes one row instead of
 copying the whole cache. Safe exactly when the input's only reader is the scatter that
@@ -76,3 +83,54 @@ def writable_in_place(model: Any, pairs: dict[str, str]) -> set[str]:
                 and node.input[0] == src and src not in node.input[1:] and node.output[0] == dst):
             safe.add(src)
     return safe
+
+
+# (op, input position) that accept int32 as well as int64 indices
+INDEX_INPUTS = {("Gather", 1), ("GatherElements", 1), ("ScatterElements", 1)}
+
+
+def narrow_index_casts(model: Any) -> int:
+    """Narrow ``Cast(to=INT64)`` nodes whose every reader takes them as gather/scatter indices
+    to int32, or drop them when their input is int32; returns how many changed. In place."""
+    import onnx
+
+    graph = model.graph
+    int64 = onnx.TensorProto.INT64
+    casts = [n for n in graph.node if n.op_type == "Cast" and n.domain in ("", "ai.onnx")
+             and any(a.name == "to" and a.i == int64 for a in n.attribute)]
+    if not casts:
+        return 0
+    readers: dict[str, list[tuple[Any, int]]] = {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, i))
+    outputs = {o.name for o in graph.output}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # noqa: BLE001 - an optimisation only: leave the graph as it is
+        return 0
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.value_info, *inferred.input]}
+    changed, drop = 0, []
+    for cast in casts:
+        out = cast.output[0]
+        uses = readers.get(out, [])
+        if not uses or out in outputs or any(
+                (n.op_type, i) not in INDEX_INPUTS or n.domain not in ("", "ai.onnx") for n, i in uses):
+            continue
+        if types.get(cast.input[0]) == onnx.TensorProto.INT32:
+            for n, i in uses:
+                n.input[i] = cast.input[0]
+            drop.append(cast)
+        else:
+            for a in cast.attribute:
+                if a.name == "to":
+                    a.i = onnx.TensorProto.INT32
+        changed += 1
+    for cast in drop:
+        graph.node.remove(cast)
+    if changed:  # stale int64 annotations of the narrowed values would fail the checker
+        narrowed = {c.output[0] for c in casts}
+        keep = [v for v in graph.value_info if v.name not in narrowed]
+        del graph.value_info[:]
+        graph.value_info.extend(keep)
+    return changed

@@ -151,9 +151,13 @@ class OrtBackend(BackendBase):
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of ops: no inter-op pool
         self.intra_op_threads = intra_op_threads or threads or (physical_cores() if provider == "cpu" else 0)
         if shared_threads:
+            asked = intra_op_threads or threads
             if not _SHARED:
                 shared_pool(ort, self.intra_op_threads)
                 _SHARED.append(self.intra_op_threads)
+            elif asked and asked != _SHARED[0]:
+                raise ConfigError(f"onnxruntime backend: the shared pool has {_SHARED[0]} threads, "
+                                  f"not {asked}; it can be sized once per process")
             self.intra_op_threads = _SHARED[0]
             opts.use_per_session_threads = False  # the process-wide pool: one set of threads for all graphs
         else:

@@ -180,3 +180,21 @@ def test_cli_export_inspect_and_bad_input(tmp_path, checkpoints):
     res = subprocess.run(cmd[:6] + [str(tmp_path / "y"), "--max-history", "500"], capture_output=True, text=True)
     assert res.returncode == 1 and "--max-history 500" in res.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_hstu_row_blocks_export_and_pass_the_checks(tmp_path):
+    """At T >= 64 HSTU's causal pass runs in row blocks (genrec.models.hstu.row_blocks): the
+    exported graphs must still match torch on real histories and lint clean for ATC."""
+    from genrec.models.hstu import ROW_BLOCKS, row_blocks
+    from support import make_checkpoint
+
+    assert len(row_blocks(72)) == ROW_BLOCKS > 1
+    ckpt = make_checkpoint("hstu", tmp_path / "hstu72.pt", max_len=72)
+    export_bundle(ckpt, tmp_path / "b", batch_gears=(1, 4), topk=20)
+    bundle = load_bundle(tmp_path / "b")
+    numerics = next(c for c in bundle.manifest["checks"] if c["check"] == "numerics")
+    assert numerics["passed"] and numerics["graphs"]["prefill"]["user_emb"]["max_abs"] < 1e-4
+    prefill = onnx.load(bundle.graph_path("prefill"))
+    # one Log per block (shared by the layers) and one for the last layer's row
+    assert sum(n.op_type == "Log" for n in prefill.graph.node) >= ROW_BLOCKS + 1
+    assert not [f for f in lint_model(bundle.graph_path("prefill")) if f.severity == "error"]

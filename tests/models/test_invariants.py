@@ -126,3 +126,29 @@ def test_hstu_time_bias_uses_the_next_timestamp(histories):
         (a, _), _ = prefill(model, hist, times, req)
         (b, _), _ = prefill(model, hist, times, req + 86400 * 365)
     assert (a - b).abs().max() > 1e-4
+
+
+def test_hstu_row_blocks_change_nothing(histories, monkeypatch):
+    """At T >= BLOCK_FROM the causal pass runs in row blocks; encode, prefill and prefill+steps
+    give what one block gives, on real histories (one longer than T)."""
+    import genrec.models.hstu as hstu
+
+    t = 96
+    assert len(hstu.row_blocks(t)) == hstu.ROW_BLOCKS > 1
+    torch.manual_seed(0)
+    model = build_model(make_config("hstu", 8877, "small", max_len=t, max_new_items=NEW, dropout=0.0)).eval()
+    hist, times, req, _ = histories
+    f = tensors(history_feed(hist, t, times, req, with_time=True)[0])
+    args = (f["item_ids"], f["lengths"], f["timestamps"], f["request_time"])
+    with torch.no_grad():
+        blocked, blocked_cache = model.encode(*args)
+        (user, _), _ = prefill(model, hist, times, req, capacity=t + NEW, max_len=t)
+        monkeypatch.setattr(hstu, "BLOCK_FROM", 10 ** 9)
+        assert len(hstu.row_blocks(t)) == 1
+        whole, whole_cache = model.encode(*args)
+        (user_one, _), _ = prefill(model, hist, times, req, capacity=t + NEW, max_len=t)
+    valid = torch.arange(t)[None, :] < f["lengths"][:, None]
+    torch.testing.assert_close(blocked[valid], whole[valid], atol=1e-6, rtol=0)
+    for a, b in zip(blocked_cache, whole_cache):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    torch.testing.assert_close(user, user_one, atol=1e-6, rtol=0)

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from genrec.inputs import history_feed
-from genrec.runtimes import PrefillBatch, SearchParams, generate, get_backend, rank
+from genrec.runtimes import PrefillBatch, SearchParams, generate, get_backend, rank, recommend
 
 
 def _prefill(backend, seqs, users):
@@ -117,3 +117,46 @@ def test_reorder_selects_and_expands_rows_like_torch(arch, backends, beauty):
     np.testing.assert_allclose(o_scores, t_scores, atol=1e-5)
     # rows 0 and 1 are both old row 3, so they are identical
     np.testing.assert_array_equal(o_scores[0], o_scores[1])
+
+
+SHARED = r"""
+import json, sys
+import numpy as np
+import onnxruntime as ort
+from genrec.runtimes import get_backend, recommend
+from genrec.errors import ConfigError
+path, reqs = sys.argv[1], json.loads(sys.argv[2])
+out = {}
+for shared in (True, False):
+    try:
+        with get_backend("onnxruntime", path, threads=2, shared_threads=shared) as be:
+            out[str(shared)] = [r.items for r in recommend(be, reqs, 5)]
+    except Exception as e:
+        out[str(shared)] = type(e).__name__ + ": " + str(e)
+try:  # a second size cannot be had once the pool exists
+    get_backend("onnxruntime", path, threads=1, shared_threads=True)
+    out["second"] = "opened"
+except ConfigError as e:
+    out["second"] = "ConfigError"
+print(json.dumps(out))
+"""
+
+
+def test_shared_threads_give_the_same_results_in_their_own_process(bundles, requests):
+    """The process-wide pool changes every session of the process, so it is tried in a real
+    subprocess: same recommendations; per-session sessions are then refused by onnxruntime."""
+    import json
+    import subprocess
+    import sys
+
+    reqs = [{"user_id": r.user_id, "items": list(map(int, r.items)), "timestamps": list(map(int, r.timestamps))}
+            for r in requests[:6]]
+    proc = subprocess.run([sys.executable, "-c", SHARED, str(bundles["hstu"]), json.dumps(reqs)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    with get_backend("onnxruntime", bundles["hstu"], threads=1) as be:
+        want = [r.items for r in recommend(be, reqs, 5)]
+    assert out["True"] == want
+    assert "use_per_session_threads" in out["False"]  # onnxruntime's rule, not ours
+    assert out["second"] == "ConfigError"
