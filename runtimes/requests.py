@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -163,13 +164,23 @@ def validate_requests(reqs: Sequence[Request], item_map: ItemMap, needs_timestam
 _NONE = np.zeros(0, dtype=np.int64)
 
 
+def _ints_many(seqs: list, name: str) -> list[np.ndarray]:
+    """``_ints`` of each sequence; lists of plain ints (what JSON gives) in one conversion."""
+    if all(type(v) is list for v in seqs):
+        flat = list(chain.from_iterable(seqs))
+        if set(map(type, flat)) <= {int}:
+            sizes = np.fromiter(map(len, seqs), np.int64, len(seqs))
+            return np.split(np.array(flat, dtype=np.int64), np.cumsum(sizes)[:-1])
+    return [_ints(v, name, "") for v in seqs]
+
+
 def _validate_batch(reqs: Sequence[Request], item_map: ItemMap, needs_timestamps: bool,
                     max_history: int | None, need_candidates: bool) -> list[Prepared] | None:
     """The batch form of ``validate_request``: Prepared rows, or None (or a DataError) if any
     request would fail it."""
     if not reqs:
         return []
-    hist = [_ints(r.items, "items", "") for r in reqs]
+    hist = _ints_many([r.items for r in reqs], "items")
     excl = [_NONE if r.exclude is None or (isinstance(r.exclude, (list, tuple)) and not r.exclude)
             else _ints(r.exclude, "exclude", "") for r in reqs]
     cand = [None if r.candidates is None else _ints(r.candidates, "candidates", "") for r in reqs]
@@ -190,7 +201,7 @@ def _validate_batch(reqs: Sequence[Request], item_map: ItemMap, needs_timestamps
     if any(has_times):
         if not all(has_times):
             return None
-        times = [_ints(r.timestamps, "timestamps", "") for r in reqs]
+        times = _ints_many([r.timestamps for r in reqs], "timestamps")
         if any(t.size != h.size for t, h in zip(times, hist)):
             return None
         flat_t = np.concatenate(times)

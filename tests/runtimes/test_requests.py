@@ -79,10 +79,18 @@ def check_all(reqs, hstu=True, **kw):
     return validate_requests(reqs, ITEMS, hstu, lambda i: f"request {i}", max_history=3, **kw)
 
 
-def test_a_batch_validates_like_one_request_at_a_time():
+def _as_lists(r: Request) -> Request:
+    def conv(v):
+        return v.tolist() if isinstance(v, np.ndarray) else v
+    return Request(r.user_id, conv(r.items), conv(r.timestamps), r.request_time, conv(r.exclude), conv(r.candidates))
+
+
+@pytest.mark.parametrize("lists", [False, True])  # mixed arrays and lists; lists only (JSON)
+def test_a_batch_validates_like_one_request_at_a_time(lists):
+    reqs = [_as_lists(r) for r in GOOD] if lists else GOOD
     for hstu in (True, False):
-        one = [validate_request(r, ITEMS, hstu, "x", max_history=3) for r in GOOD]
-        for a, b in zip(check_all(GOOD, hstu), one):
+        one = [validate_request(r, ITEMS, hstu, "x", max_history=3) for r in reqs]
+        for a, b in zip(check_all(reqs, hstu), one):
             assert (a.user_id, a.request_time, a.raw_candidates) == (b.user_id, b.request_time, b.raw_candidates)
             for f in ("history", "times", "exclude", "candidates"):
                 x, y = getattr(a, f), getattr(b, f)
@@ -101,3 +109,10 @@ def test_a_batch_names_its_first_bad_request(bad):
     check_all(reqs[:-1], hstu=False)  # fine off HSTU (no int32 span) when checked one by one ...
     with pytest.raises(DataError, match="request 4: unknown item id 99 in items"):
         check_all(reqs, hstu=False)  # ... and the later unknown id is still found
+
+
+def test_a_list_only_batch_still_names_a_bad_element():
+    reqs = [_as_lists(r) for r in GOOD]
+    reqs[1] = Request("b", [20, 2.5], [5, 9])
+    with pytest.raises(DataError, match=r"^request 1: items\[1\] is 2.5, not an integer"):
+        check_all(reqs)
