@@ -28,7 +28,9 @@ def _gears(ctx, param, value: str) -> list[int]:
 @click.option("--opset", type=click.IntRange(14, 18), default=18, show_default=True)
 @click.option("--max-history", type=int, default=None, help="History length T (default: the model's max_len).")
 @click.option("--max-new-items", type=int, default=None, help="Generated slots; capacity C = T + this (default: config).")
-@click.option("--topk", type=int, default=100, show_default=True, help="K': ids/scores returned per step.")
+@click.option("--topk", type=int, default=100, show_default=True, help="K': ids/scores returned per prefill (recommend).")
+@click.option("--step-topk", type=int, default=None,
+              help="K of the step graph (generate: beams, sampling top-k) [default: min(K', 32)].")
 @click.option("--max-exclude", type=int, default=None, help="X: excluded ids per row in the graph (default: max(C, 4T, 256)).")
 @click.option("--rank-candidates", type=int, default=32, show_default=True, help="M: candidates per rank call.")
 @click.option("--batch-gears", default="1,4,16,64", show_default=True, callback=_gears)
@@ -40,7 +42,7 @@ def _gears(ctx, param, value: str) -> list[int]:
 @click.option("--atol", type=float, default=DEFAULT_ATOL, show_default=True, help="Numeric check absolute tolerance.")
 @click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True, help="Numeric check relative tolerance.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
-def export_command(checkpoint, output, opset, max_history, max_new_items, topk, max_exclude, rank_candidates,
+def export_command(checkpoint, output, opset, max_history, max_new_items, topk, step_topk, max_exclude, rank_candidates,
                    batch_gears, target, data, steps, atol, rtol, force):
     """Export CHECKPOINT to prefill/step/rank ONNX graphs, check them, and write the bundle.
 
@@ -56,12 +58,12 @@ def export_command(checkpoint, output, opset, max_history, max_new_items, topk, 
             status.update(msg)
 
         bundle = export_bundle(checkpoint, output, opset=opset, max_history=max_history,
-                               max_new_items=max_new_items, topk=topk, max_exclude=max_exclude,
+                               max_new_items=max_new_items, topk=topk, step_topk=step_topk, max_exclude=max_exclude,
                                rank_candidates=rank_candidates, batch_gears=batch_gears, target=target,
                                data=data, force=force, steps=steps, atol=atol, rtol=rtol, progress=say)
     make_console().print(checks_table(bundle.manifest))
     click.echo(f"wrote {output} ({bundle.arch}, T={bundle.max_history}, C={bundle.capacity}, "
-               f"K'={bundle.topk}, gears {','.join(map(str, bundle.batch_gears))}, opset {bundle.manifest['opset']})")
+               f"K'={bundle.topk} (step {bundle.step_topk}), gears {','.join(map(str, bundle.batch_gears))}, opset {bundle.manifest['opset']})")
 
 
 def checks_table(manifest: dict) -> Table:

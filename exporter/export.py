@@ -40,8 +40,12 @@ Progress = Callable[[str], None]
 GraphHook = Callable[[str, Any], Any]  # (graph name, onnx.ModelProto) -> onnx.ModelProto
 
 
+STEP_TOPK = 32  # default top-K of the step graph: beams, greedy picks and sampling's top-k
+
+
 def resolve_dims(model: GenerativeRecommender, max_history: int | None, max_new_items: int | None,
-                 topk: int, max_exclude: int | None, rank_candidates: int) -> GraphDims:
+                 topk: int, max_exclude: int | None, rank_candidates: int,
+                 step_topk: int | None = None) -> GraphDims:
     """Bundle sizes from flags, defaulting to the config; refuse what the model cannot hold."""
     cfg = model.config
     t = max_history or cfg.max_len
@@ -58,7 +62,14 @@ def resolve_dims(model: GenerativeRecommender, max_history: int | None, max_new_
         raise ExportError(f"--topk {topk} must be between 2 and the catalogue size {cfg.num_items}")
     if x < 2 or rank_candidates < 2:
         raise ExportError("--max-exclude and --rank-candidates must be at least 2 (no size-0/1 axes)")
-    return GraphDims(max_history=t, capacity=c, topk=topk, max_exclude=x, rank_candidates=rank_candidates)
+    # a step feeds generation, which needs a few candidates per row (beams, one greedy pick, a
+    # sampling top-k), not a retrieval list: TopK over the catalogue was a third of a batch-64
+    # HSTU step at K'=100, and a K of 32 halves it
+    sk = min(topk, STEP_TOPK) if step_topk is None else step_topk
+    if not 2 <= sk <= topk:
+        raise ExportError(f"--step-topk {sk} must be between 2 and --topk {topk}")
+    return GraphDims(max_history=t, capacity=c, topk=topk, max_exclude=x, rank_candidates=rank_candidates,
+                     step_topk=sk)
 
 
 def _quiet():
@@ -186,7 +197,7 @@ def load_histories(ckpt: Checkpoint, data: str | Path | None, n: int = 256) -> H
 
 def export_bundle(checkpoint: str | Path, output: str | Path, *, opset: int = 18,
                   max_history: int | None = None, max_new_items: int | None = None, topk: int = 100,
-                  max_exclude: int | None = None, rank_candidates: int = 32,
+                  max_exclude: int | None = None, rank_candidates: int = 32, step_topk: int | None = None,
                   batch_gears: tuple[int, ...] | list[int] = DEFAULT_GEARS, target: str = "onnxruntime",
                   data: str | Path | None = None, force: bool = False, steps: int = 5,
                   atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
@@ -210,7 +221,7 @@ def export_bundle(checkpoint: str | Path, output: str | Path, *, opset: int = 18
         raise ExportError(f"{output} exists; pass --force to replace it")
     ckpt = load_checkpoint(checkpoint)
     model = ckpt.model.eval()
-    dims = resolve_dims(model, max_history, max_new_items, topk, max_exclude, rank_candidates)
+    dims = resolve_dims(model, max_history, max_new_items, topk, max_exclude, rank_candidates, step_topk)
     histories = load_histories(ckpt, data)
     checks: list[dict[str, Any]] = []
     graphs: dict[str, dict[str, Any]] = {}
@@ -255,7 +266,7 @@ def export_bundle(checkpoint: str | Path, output: str | Path, *, opset: int = 18
         shutil.copyfile(checkpoint, tmp / "model.pt")
         write_manifest(tmp, {
             "arch": model.config.arch, "config": model.config.to_dict(), "num_items": model.config.num_items,
-            "max_history": dims.max_history, "capacity": dims.capacity, "topk": dims.topk,
+            "max_history": dims.max_history, "capacity": dims.capacity, "topk": dims.topk, "step_topk": dims.step_k,
             "max_exclude": dims.max_exclude, "rank_candidates": dims.rank_candidates,
             "batch_gears": gears, "opset": opset, "precision": "fp32", "target": target,
             "id_map": [int(i) for i in ckpt.id_map], "graphs": graphs, "source_checkpoint": "model.pt",

@@ -21,13 +21,19 @@ from genrec.models import GenerativeRecommender
 
 @dataclass(frozen=True)
 class GraphDims:
-    """Static sizes of one bundle: history T, cache capacity C, top-K', exclusions X, candidates M."""
+    """Static sizes of one bundle: history T, cache capacity C, top-K', exclusions X, candidates M,
+    and the step graph's own top-K (``step_topk``, 0: the same K')."""
 
     max_history: int
     capacity: int
     topk: int
     max_exclude: int
     rank_candidates: int
+    step_topk: int = 0
+
+    @property
+    def step_k(self) -> int:
+        return self.step_topk or self.topk
 
 
 def cache_io_names(model: GenerativeRecommender) -> tuple[list[str], list[str]]:
@@ -84,7 +90,7 @@ class StepGraph(nn.Module):
             timestamp, (exclude_ids, *cache) = None, rest
         assert len(cache) == n
         user, cache = self.model.step(new_item, position, timestamp, tuple(cache))
-        ids, scores, log_z = self.model.score(user, exclude_ids, self.dims.topk)
+        ids, scores, log_z = self.model.score(user, exclude_ids, self.dims.step_k)
         return (user, ids.to(torch.int32), scores, log_z, *_cast_cache(self.model, cache))
 
 

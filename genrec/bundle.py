@@ -308,6 +308,9 @@ def validate_manifest(d: Any) -> None:
     for key in ("num_items", "max_history", "capacity", "topk", "rank_candidates", "opset"):
         if d[key] < 1:
             raise BundleError(f"manifest field {key}: must be >= 1, got {d[key]}")
+    sk = d.get("step_topk")
+    if sk is not None and not (_is_int(sk) and 1 <= sk <= d["topk"]):
+        raise BundleError(f"manifest field step_topk: expected an int in 1..topk ({d['topk']}), got {sk!r}")
     if d["max_exclude"] < 0:
         raise BundleError(f"manifest field max_exclude: must be >= 0, got {d['max_exclude']}")
     gears = d["batch_gears"]
@@ -403,8 +406,13 @@ class Bundle:
 
     @property
     def topk(self) -> int:
-        """K': candidates returned per step."""
+        """K': candidates returned per prefill (the step graph returns ``step_topk``)."""
         return self.manifest["topk"]
+
+    @property
+    def step_topk(self) -> int:
+        """The step graph's top-K (bundles before it existed: K')."""
+        return self.manifest.get("step_topk") or self.manifest["topk"]
 
     @property
     def max_exclude(self) -> int:

@@ -37,12 +37,17 @@ class BundleDims:
     num_items: int  # N: internal ids are 1..N, 0 is padding
     max_history: int  # T: history slots of the prefill graph
     capacity: int  # C: cache slots; T + generated items must fit
-    topk: int  # K': candidates returned per prefill/step
+    topk: int  # K': candidates returned per prefill
     max_exclude: int  # X: width of the exclude_ids input
     rank_candidates: int  # M: candidates the rank graph scores at once
     batch_gears: tuple[int, ...]  # batch sizes a backend accepts, ascending
     needs_timestamps: bool  # HSTU: timestamps, request_time and per-step timestamps
     temperature: float  # head temperature: log p = topk_score / temperature - log_z
+    step_topk: int = 0  # candidates returned per step (0: K')
+
+    @property
+    def step_k(self) -> int:
+        return self.step_topk or self.topk
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> BundleDims:
@@ -52,7 +57,7 @@ class BundleDims:
             rank_candidates=bundle.rank_candidates, batch_gears=tuple(sorted(bundle.batch_gears)),
             needs_timestamps=any(i["name"] == "timestamps" for i in
                                  bundle.graph_spec("prefill", bundle.precisions[0])["inputs"]),
-            temperature=float(bundle.config["temperature"]),
+            temperature=float(bundle.config["temperature"]), step_topk=bundle.step_topk,
         )
 
 
@@ -192,8 +197,7 @@ class BackendBase(abc.ABC):
                               f"(cache capacity {self.dims.capacity}), got {p.min()}..{p.max()}")
         return p
 
-    def _check_output(self, out: StepOutput, b: int) -> StepOutput:
-        k = self.dims.topk
+    def _check_output(self, out: StepOutput, b: int, k: int) -> StepOutput:
         if out.topk_ids.shape != (b, k) or out.topk_scores.shape != (b, k) or out.log_z.shape != (b,):
             raise BundleError(f"{self.name} backend: outputs have shapes {out.topk_ids.shape}, "
                               f"{out.topk_scores.shape}, {out.log_z.shape}; expected ({b}, {k}) and ({b},)")
@@ -222,7 +226,7 @@ class BackendBase(abc.ABC):
             checked.request_time = self._time(batch.request_time, b, "request_time")
         out, state = self._prefill(checked)
         state.batch = b
-        return self._check_output(out, b), state
+        return self._check_output(out, b, self.dims.topk), state
 
     def step(self, state: State, new_item: Any, position: Any, timestamp: Any,
              exclude_ids: Any) -> StepOutput:
@@ -233,7 +237,7 @@ class BackendBase(abc.ABC):
                          self._position(position, b, self.dims.capacity - 1),
                          self._time(timestamp, b, "timestamp"),
                          self._ids(exclude_ids, (b, self.dims.max_exclude), "exclude_ids"))
-        return self._check_output(out, b)
+        return self._check_output(out, b, self.dims.step_k)
 
     def reorder(self, state: State, index: Any) -> None:
         """Make row r of the cache a copy of old row ``index[r]``; the batch may change (a gear)."""

@@ -103,15 +103,16 @@ def _pad(a: np.ndarray | None, g: int) -> np.ndarray | None:
     return np.concatenate([a, np.repeat(a[:1], g - len(a), axis=0)])
 
 
-def _exclude(backend: Backend, lists: list[np.ndarray], needed: int, where: Callable[[int], str]
-             ) -> tuple[np.ndarray, list[np.ndarray]]:
+def _exclude(backend: Backend, lists: list[np.ndarray], needed: int, where: Callable[[int], str],
+             k: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
     """Per-row exclusion lists -> (exclude_ids (n, X) int32, overflow ids per row for the host).
 
     Each row keeps its ids once, in order of first occurrence,
     the first X in ``exclude_ids`` and the rest as overflow; done for all rows at once with
     one stable sort of (row, id) keys instead of a sort per row.
     """
-    x, k, n = backend.dims.max_exclude, backend.dims.topk, len(lists)
+    x, n = backend.dims.max_exclude, len(lists)
+    k = k or backend.dims.topk  # candidates of the graph the list feeds
     out = np.zeros((n, x), np.int32)
     sizes = np.fromiter((len(ids) for ids in lists), np.int64, n)
     flat = np.concatenate(lists).astype(np.int64, copy=False) if sizes.sum() else np.zeros(0, np.int64)
@@ -136,7 +137,7 @@ def _exclude(backend: Backend, lists: list[np.ndarray], needed: int, where: Call
         raise ConfigError(
             f"{where(i)}: {size} excluded items exceed the bundle's exclude width X={x}; "
             f"the rest are filtered from the top K'={k}, which must then hold "
-            f"{needed} + {size - x}; re-export with a larger max_exclude or topk")
+            f"{needed} + {size - x}; re-export with a larger max_exclude or topk (step_topk)")
     extra = np.maximum(counts - x, 0)
     if not extra.any():
         empty = flat[:0]
@@ -145,7 +146,8 @@ def _exclude(backend: Backend, lists: list[np.ndarray], needed: int, where: Call
 
 
 def _push(backend: Backend, excl: np.ndarray, overflow: list[np.ndarray], items: np.ndarray,
-          needed: int, where: Callable[[int], str]) -> tuple[np.ndarray, list[np.ndarray]] | None:
+          needed: int, where: Callable[[int], str], k: int | None = None
+          ) -> tuple[np.ndarray, list[np.ndarray]] | None:
     """``_exclude`` of each row's list with ``items[i]`` put in front, from that row's previous result.
 
     When the new item is not in the row's list yet (it never is for a slate item: the loop only
@@ -153,7 +155,7 @@ def _push(backend: Backend, excl: np.ndarray, overflow: list[np.ndarray], items:
     old ones: ``exclude_ids`` shifts right by one and the id pushed past X leads the overflow.
     Returns None when an item is already listed (the caller redoes the full ``_exclude``).
     """
-    x, k = backend.dims.max_exclude, backend.dims.topk
+    x, k = backend.dims.max_exclude, k or backend.dims.topk
     if not x or (excl == items[:, None]).any() or any(
             o.size and np.isin(items[i], o) for i, o in enumerate(overflow)):
         return None
@@ -171,7 +173,7 @@ def _push(backend: Backend, excl: np.ndarray, overflow: list[np.ndarray], items:
             raise ConfigError(
                 f"{where(int(i))}: {size} excluded items exceed the bundle's exclude width X={x}; "
                 f"the rest are filtered from the top K'={k}, which must then hold "
-                f"{needed} + {size - x}; re-export with a larger max_exclude or topk")
+                f"{needed} + {size - x}; re-export with a larger max_exclude or topk (step_topk)")
     return out, overflow
 
 
@@ -277,8 +279,9 @@ def generate(backend: Backend, requests: Sequence[Request | dict], steps: int,
                           f"{d.capacity - d.max_history} generated items; re-export with a larger "
                           "max_new_items")
     beam = params.strategy == "beam"
-    if beam and params.num_beams > d.topk and d.topk < d.num_items:
-        raise ConfigError(f"num_beams={params.num_beams} exceeds the bundle's top K'={d.topk}")
+    if beam and params.num_beams > d.step_k and d.step_k < d.num_items:
+        raise ConfigError(f"num_beams={params.num_beams} exceeds the bundle's step top-K={d.step_k}; "
+                          "re-export with a larger --step-topk")
     rows, results = prepare(backend, requests), []
     per_request = params.num_beams if beam else 1
     for start, chunk in _chunks(backend, rows, batch_size, per_request):
@@ -317,17 +320,17 @@ def _greedy_chunk(backend: Backend, rows: list[Prepared], start: int, steps: int
     slates = np.zeros((n, steps), np.int64)
     logps = np.zeros((n, steps))
     where = lambda i: f"request {start + i}"  # noqa: E731
-    excl, overflow = _exclude(backend, base, 1, where)
+    excl, overflow = _exclude(backend, base, 1, where, d.step_k)  # checked for the steps' K too
     b = _prefill(backend, rows, excl)
     out, g = b.out, b.state.batch
     every = np.arange(n)
     for s in range(steps):
         if s:
             if not params.allow_repeats:  # with repeats allowed the exclusions never change
-                pushed = _push(backend, excl, overflow, slates[:, s - 1], 1, where)
+                pushed = _push(backend, excl, overflow, slates[:, s - 1], 1, where, d.step_k)
                 if pushed is None:
                     lists = [np.concatenate([slates[i, s - 1::-1], x]) for i, x in enumerate(base)]
-                    pushed = _exclude(backend, lists, 1, where)
+                    pushed = _exclude(backend, lists, 1, where, d.step_k)
                 excl, overflow = pushed
             out = backend.step(b.state, _pad(slates[:, s - 1], g), _pad(b.lengths + s - 1, g),
                                _pad(b.request_time, g), _pad(excl, g))
@@ -358,7 +361,7 @@ def _beam_chunk(backend: Backend, rows: list[Prepared], start: int, steps: int,
     items = np.zeros((n, w, steps), np.int64)  # slate of every hypothesis
     logps = np.zeros((n, w, steps))  # log p of each of its items
     score = np.full((n, w), -np.inf)  # sum of log p; -inf = no hypothesis in this slot
-    excl, overflow = _exclude(backend, base, w, lambda i: f"request {start + i}")
+    excl, overflow = _exclude(backend, base, w, lambda i: f"request {start + i}", d.step_k)
     b = _prefill(backend, rows, excl)
     for i in range(n):
         ids, _, lp = _candidates(b.out, i, overflow[i], d.temperature)
@@ -377,13 +380,14 @@ def _beam_chunk(backend: Backend, rows: list[Prepared], start: int, steps: int,
         flat = items.reshape(n * w, steps)
         lists = base_rows if params.allow_repeats else [
             np.concatenate([flat[r, :s][::-1], base_rows[r]]) for r in range(n * w)]
-        excl, overflow = _exclude(backend, lists, w, where)
+        excl, overflow = _exclude(backend, lists, w, where, d.step_k)
         out = backend.step(b.state, _pad(flat[:, s - 1], g), _pad(lengths + s - 1, g),
                            _pad(req, g), _pad(excl, g))
         parents = np.zeros((n, w), np.int64)
+        k = out.topk_ids.shape[1]  # the step graph's K
         for i in range(n):
-            total = np.full((w, d.topk), -np.inf)
-            cand, cand_lp = np.zeros((w, d.topk), np.int64), np.zeros((w, d.topk))
+            total = np.full((w, k), -np.inf)
+            cand, cand_lp = np.zeros((w, k), np.int64), np.zeros((w, k))
             for h in range(w):
                 if np.isfinite(score[i, h]):
                     ids, _, lp = _candidates(out, i * w + h, overflow[i * w + h], d.temperature)
@@ -394,7 +398,7 @@ def _beam_chunk(backend: Backend, rows: list[Prepared], start: int, steps: int,
             if not alive[0]:
                 raise _no_items(start, i, s)
             score[i] = np.where(alive, flat_total[best], -np.inf)
-            par, j = np.divmod(np.where(alive, best, best[0]), d.topk)  # dead slots copy the best
+            par, j = np.divmod(np.where(alive, best, best[0]), k)  # dead slots copy the best
             items[i], logps[i] = items[i, par], logps[i, par]
             items[i, :, s], logps[i, :, s] = cand[par, j], cand_lp[par, j]
             parents[i] = i * w + par

@@ -227,7 +227,7 @@ def trace_tensors(ref: Backend, cand: Backend, requests: list[Request], steps: i
                 ids, _, _ = _candidates(out, i, overflow[i], ref.dims.temperature)
                 slates[i].append(int(ids[0]))  # the reference's own greedy choice
             lists = [np.concatenate([np.asarray(sl[::-1], np.int64), x]) for sl, x in zip(slates, base)]
-            excl, overflow = _exclude(ref, lists, 1, lambda i: f"request {start + i}")
+            excl, overflow = _exclude(ref, lists, 1, lambda i: f"request {start + i}", ref.dims.step_k)
             step_in = (_pad(np.array([sl[-1] for sl in slates]), g), _pad(rb.lengths + s, g),
                        _pad(rb.request_time, g), _pad(excl, g))
             out = ref.step(rb.state, *step_in)

@@ -58,7 +58,8 @@ class TorchBackend(BackendBase):
     name = "torch"
 
     def __init__(self, source: Bundle | str | os.PathLike[str], *, device: str = "cpu",
-                 threads: int | None = None, topk: int | None = None, max_exclude: int | None = None,
+                 threads: int | None = None, topk: int | None = None, step_topk: int | None = None,
+                 max_exclude: int | None = None,
                  rank_candidates: int | None = None, batch_gears: tuple[int, ...] | None = None):
         import torch
 
@@ -67,7 +68,7 @@ class TorchBackend(BackendBase):
         self._torch = torch
         if threads:
             torch.set_num_threads(threads)  # process-wide: torch has no per-model thread pool
-        overrides = dict(topk=topk, max_exclude=max_exclude, rank_candidates=rank_candidates,
+        overrides = dict(topk=topk, step_topk=step_topk, max_exclude=max_exclude, rank_candidates=rank_candidates,
                          batch_gears=batch_gears)
         if isinstance(source, Bundle) or Path(source).is_dir():
             bundle = open_bundle(source)
@@ -86,7 +87,8 @@ class TorchBackend(BackendBase):
                 max_exclude=max_exclude or cfg.capacity,
                 rank_candidates=rank_candidates or DEFAULT_RANK_CANDIDATES,
                 batch_gears=tuple(sorted(batch_gears or DEFAULT_GEARS)),
-                needs_timestamps=ckpt.model.needs_timestamps, temperature=cfg.temperature)
+                needs_timestamps=ckpt.model.needs_timestamps, temperature=cfg.temperature,
+                step_topk=step_topk or 0)
             id_map = ckpt.id_map
         super().__init__(dims, id_map)
         self.device = torch_device(device)
@@ -95,8 +97,8 @@ class TorchBackend(BackendBase):
     def _t(self, a: np.ndarray | None):
         return None if a is None else self._torch.from_numpy(a).to(self.device, self._torch.long)
 
-    def _head(self, user, exclude_ids: np.ndarray) -> StepOutput:
-        ids, scores, log_z = self.model.score(user, self._t(exclude_ids), self.dims.topk)
+    def _head(self, user, exclude_ids: np.ndarray, k: int) -> StepOutput:
+        ids, scores, log_z = self.model.score(user, self._t(exclude_ids), k)
         return StepOutput(ids.cpu().numpy(), scores.float().cpu().numpy(),
                           log_z.float().cpu().numpy(), user.float().cpu().numpy())
 
@@ -105,13 +107,13 @@ class TorchBackend(BackendBase):
             user, cache = self.model.prefill(
                 self._t(batch.item_ids), self._t(batch.lengths), self._t(batch.timestamps),
                 self._t(batch.request_time), capacity=self.dims.capacity)
-            return self._head(user, batch.exclude_ids), TorchState(cache)
+            return self._head(user, batch.exclude_ids, self.dims.topk), TorchState(cache)
 
     def _step(self, state: TorchState, new_item, position, timestamp, exclude_ids) -> StepOutput:
         with self._torch.inference_mode():
             user, state.cache = self.model.step(self._t(new_item), self._t(position),
                                                 self._t(timestamp), state.cache)
-            return self._head(user, exclude_ids)
+            return self._head(user, exclude_ids, self.dims.step_k)
 
     def _reorder(self, state: TorchState, index: np.ndarray) -> None:
         idx = self._t(index)

@@ -200,6 +200,8 @@ def test_graph_not_listed_in_files(bundle_dir):
         ("graphs", {"prefill": {"file": "p.onnx", "exporter": "jit",
                                 "inputs": [], "outputs": []}}, "exporter"),
         ("files", {"a": "nothex"}, "sha256"),
+        ("step_topk", 10 ** 6, "step_topk"),  # more than topk
+        ("step_topk", "8", "step_topk"),
     ],
 )
 def test_validate_manifest_names_bad_field(bundle_dir, field, value, match):
@@ -215,6 +217,14 @@ def test_validate_manifest_names_missing_field(bundle_dir):
     del m["capacity"]
     with pytest.raises(BundleError, match="'capacity'"):
         validate_manifest(m)
+
+
+def test_step_topk_is_optional_and_defaults_to_topk(bundle_dir):
+    """Bundles written before the step graph had its own K still load: their step returns K'."""
+    m = json.loads((bundle_dir / "manifest.json").read_text())
+    m.pop("step_topk", None)
+    validate_manifest(m)
+    assert Bundle(bundle_dir, m).step_topk == m["topk"]
 
 
 def test_sha256_file_streams(tmp_path):

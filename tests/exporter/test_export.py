@@ -42,6 +42,11 @@ def test_every_backbone_exports_and_passes_all_checks(arch, bundles):
         assert entry["user_emb"]["max_abs"] < 1e-4
         assert entry["topk_ids_mismatch_rows"] == 0 and entry["topk_ids_rows"] > 0
     assert numerics["graphs"]["rank"]["scores"]["max_abs"] < 1e-4
+    # the step graph returns its own, smaller top-K (default min(K', 32)); prefill returns K'
+    assert (m["topk"], m["step_topk"]) == (40, 32) and (bundle.topk, bundle.step_topk) == (40, 32)
+    widths = {g: next(o["shape"][1] for o in bundle.graph_spec(g)["outputs"] if o["name"] == "topk_ids")
+              for g in ("prefill", "step")}
+    assert widths == {"prefill": 40, "step": 32}
     # one bundle serves ATC too: opset 18, int32 ids, batch the only dynamic axis, lint clean
     for name in ("prefill", "step", "rank"):
         path = bundle.graph_path(name)
@@ -179,6 +184,9 @@ def test_cli_export_inspect_and_bad_input(tmp_path, checkpoints):
     assert res.returncode == 1 and res.stderr.startswith("error: ") and len(res.stderr.splitlines()) == 1
     res = subprocess.run(cmd[:6] + [str(tmp_path / "y"), "--max-history", "500"], capture_output=True, text=True)
     assert res.returncode == 1 and "--max-history 500" in res.stderr
+    res = subprocess.run(cmd[:6] + [str(tmp_path / "y"), "--topk", "20", "--step-topk", "21"],
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and "--step-topk 21 must be between 2 and --topk 20" in res.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 

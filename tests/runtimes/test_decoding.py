@@ -188,5 +188,7 @@ def test_api_errors_name_the_request(backends, requests):
         recommend(ort_backend, requests, 41)
     with pytest.raises(ConfigError, match="largest batch gear"):
         generate(ort_backend, requests, 2, SearchParams("beam", num_beams=9))
+    with pytest.raises(ConfigError, match="step top-K=32; re-export with a larger --step-topk"):
+        generate(ort_backend, requests, 2, SearchParams("beam", num_beams=33))
     with pytest.raises(ConfigError, match="strategy 'topk'"):
         SearchParams("topk")
