@@ -38,6 +38,7 @@ from .requests import Prepared, Request, Result, request_from_json, validate_req
 __all__ = ["Request", "Result", "SearchParams", "generate", "prepare", "rank", "recommend"]
 
 STRATEGIES = ("greedy", "beam", "sample")
+DENSE_KEYS = 1 << 22  # largest (rows x id span) table ``_exclude`` dedupes in (32 MiB of int64)
 OnBatch = Callable[[int, float], None]  # (requests in the batch, seconds it took)
 
 
@@ -108,8 +109,9 @@ def _exclude(backend: Backend, lists: list[np.ndarray], needed: int, where: Call
     """Per-row exclusion lists -> (exclude_ids (n, X) int32, overflow ids per row for the host).
 
     Each row keeps its ids once, in order of first occurrence,
-    the first X in ``exclude_ids`` and the rest as overflow; done for all rows at once with
-    one stable sort of (row, id) keys instead of a sort per row.
+    the first X in ``exclude_ids`` and the rest as overflow; done for all rows at once: the
+    first occurrence of every (row, id) key is found with one ``minimum.at`` into a dense
+    (rows x ids) table when that table is small, else with one stable sort of the keys.
     """
     x, n = backend.dims.max_exclude, len(lists)
     k = k or backend.dims.topk  # candidates of the graph the list feeds
@@ -119,13 +121,20 @@ def _exclude(backend: Backend, lists: list[np.ndarray], needed: int, where: Call
     rows = np.repeat(np.arange(n), sizes)
     if flat.size:
         low = int(flat.min())
-        key = rows * (int(flat.max()) - low + 1) + (flat - low)
-        order = np.argsort(key, kind="stable")  # equal keys keep their order: first occurrence leads
-        sorted_key = key[order]
-        lead = np.ones(flat.size, bool)
-        lead[1:] = sorted_key[1:] != sorted_key[:-1]
-        keep = np.zeros(flat.size, bool)
-        keep[order[lead]] = True
+        span = int(flat.max()) - low + 1
+        key = rows * span + (flat - low)
+        at = np.arange(flat.size)
+        if n * span <= DENSE_KEYS:
+            first = np.full(n * span, flat.size, np.int64)
+            np.minimum.at(first, key, at)  # index of each key's first occurrence
+            keep = first[key] == at
+        else:
+            order = np.argsort(key, kind="stable")  # equal keys keep their order: first occurrence leads
+            sorted_key = key[order]
+            lead = np.ones(flat.size, bool)
+            lead[1:] = sorted_key[1:] != sorted_key[:-1]
+            keep = np.zeros(flat.size, bool)
+            keep[order[lead]] = True
         flat, rows = flat[keep], rows[keep]
     counts = np.bincount(rows, minlength=n)
     rank = np.arange(flat.size) - (np.cumsum(counts) - counts)[rows]  # index within the row
@@ -287,9 +296,11 @@ def generate(backend: Backend, requests: Sequence[Request | dict], steps: int,
     for start, chunk in _chunks(backend, rows, batch_size, per_request):
         t0 = time.perf_counter()
         run = _beam_chunk if beam else _greedy_chunk
-        for r, (ids, logps) in zip(chunk, run(backend, chunk, start, steps, params)):
+        slates = run(backend, chunk, start, steps, params)
+        raw = backend.item_map.to_raw(np.stack([ids for ids, _ in slates])).tolist()  # one lookup
+        for r, items, (_, logps) in zip(chunk, raw, slates):
             total = float(np.sum(logps)) / max(len(logps), 1) ** params.length_penalty
-            results.append(Result(r.user_id, _raw(backend, ids), [float(x) for x in logps], total))
+            results.append(Result(r.user_id, items, logps.tolist(), total))
         _timed(on_batch, len(chunk), t0)
     return results
 

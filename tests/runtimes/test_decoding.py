@@ -192,3 +192,27 @@ def test_api_errors_name_the_request(backends, requests):
         generate(ort_backend, requests, 2, SearchParams("beam", num_beams=33))
     with pytest.raises(ConfigError, match="strategy 'topk'"):
         SearchParams("topk")
+
+
+def test_exclusion_lists_dedupe_the_same_with_either_method(backends, requests, monkeypatch):
+    """``_exclude`` keeps each id once per row in order of first occurrence, whether it finds
+    first occurrences in a dense table or by sorting (large catalogues); real histories repeat items."""
+    import genrec.runtimes.decoding as dec
+
+    _, backend = backends["llama"]
+    rows = dec.prepare(backend, requests)
+    lists = [np.concatenate([r.exclude, r.history[::-1], r.history[:3]]) for r in rows]  # repeats
+    want = []
+    for ids in lists:
+        seen: dict[int, None] = {}
+        for i in ids.tolist():
+            seen.setdefault(i, None)
+        want.append(list(seen))
+    x = backend.dims.max_exclude
+    got = {}
+    for dense in (1 << 22, 0):
+        monkeypatch.setattr(dec, "DENSE_KEYS", dense)
+        excl, overflow = dec._exclude(backend, lists, 1, str)
+        got[dense] = [[int(v) for v in e if v] + o.tolist() for e, o in zip(excl, overflow)]
+        assert all(len(w) <= x or len(o) == len(w) - x for w, o in zip(want, overflow))
+    assert got[1 << 22] == got[0] == want
