@@ -33,7 +33,7 @@ from genrec.errors import ConfigError, DataError
 from genrec.inputs import history_feed
 
 from .base import Backend, PrefillBatch, State, StepOutput
-from .requests import Prepared, Request, Result, request_from_json, validate_requests
+from .requests import Prepared, Request, Result, cut, request_from_json, validate_requests
 
 __all__ = ["Request", "Result", "SearchParams", "generate", "prepare", "rank", "recommend"]
 
@@ -151,7 +151,7 @@ def _exclude(backend: Backend, lists: list[np.ndarray], needed: int, where: Call
     if not extra.any():
         empty = flat[:0]
         return out, [empty] * n
-    return out, np.split(flat[~inside], np.cumsum(extra)[:-1])
+    return out, cut(flat[~inside], extra)
 
 
 def _push(backend: Backend, excl: np.ndarray, overflow: list[np.ndarray], items: np.ndarray,

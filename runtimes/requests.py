@@ -164,13 +164,20 @@ def validate_requests(reqs: Sequence[Request], item_map: ItemMap, needs_timestam
 _NONE = np.zeros(0, dtype=np.int64)
 
 
+def cut(flat: np.ndarray, sizes: Sequence[int] | np.ndarray) -> list[np.ndarray]:
+    """``flat`` cut into consecutive views of ``sizes`` (``np.split`` without its per-piece
+    overhead, which was a third of validating a batch of 64)."""
+    ends = np.cumsum(sizes).tolist()
+    return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends)]
+
+
 def _ints_many(seqs: list, name: str) -> list[np.ndarray]:
     """``_ints`` of each sequence; lists of plain ints (what JSON gives) in one conversion."""
     if all(type(v) is list for v in seqs):
         flat = list(chain.from_iterable(seqs))
         if set(map(type, flat)) <= {int}:
             sizes = np.fromiter(map(len, seqs), np.int64, len(seqs))
-            return np.split(np.array(flat, dtype=np.int64), np.cumsum(sizes)[:-1])
+            return cut(np.array(flat, dtype=np.int64), sizes)
     return [_ints(v, name, "") for v in seqs]
 
 
@@ -191,7 +198,7 @@ def _validate_batch(reqs: Sequence[Request], item_map: ItemMap, needs_timestamps
     flat = np.concatenate(parts)
     if flat.size and flat.min() < 0:
         return None
-    internal = np.split(item_map.to_internal(flat), np.cumsum([p.size for p in parts])[:-1])
+    internal = cut(item_map.to_internal(flat), [p.size for p in parts])
     n = len(reqs)
     ihist, iexcl, icand = internal[:n], internal[n:2 * n], iter(internal[2 * n:])
     has_times = [r.timestamps is not None for r in reqs]
