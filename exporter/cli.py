@@ -102,7 +102,7 @@ def inspect_command(bundle, target):
     m = b.manifest
     console = make_console()
     console.print(f"[bold]{bundle}[/]: {b.arch}, {b.num_items:,} items, T={b.max_history}, C={b.capacity}, "
-                  f"K'={b.topk}, X={b.max_exclude}, M={b.rank_candidates}, gears {b.batch_gears}, "
+                  f"K'={b.topk} (step {b.step_topk}), X={b.max_exclude}, M={b.rank_candidates}, gears {b.batch_gears}, "
                   f"opset {m['opset']}, precisions {', '.join(b.precisions)}")
     console.print(f"created {m.get('created_at')} with genrec {m.get('versions', {}).get('genrec')}, "
                   f"torch {m.get('versions', {}).get('torch')}; sha256 verified for {len(m['files'])} files")
