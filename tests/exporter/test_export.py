@@ -190,7 +190,8 @@ def test_cli_export_inspect_and_bad_input(tmp_path, checkpoints):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
-def test_hstu_row_blocks_export_and_pass_the_checks(tmp_path):
+@pytest.mark.parametrize("opset", [18, 14])  # dynamo; TorchScript (traced shapes)
+def test_hstu_row_blocks_export_and_pass_the_checks(tmp_path, opset):
     """At T >= 64 HSTU's causal pass runs in row blocks (genrec.models.hstu.row_blocks): the
     exported graphs must still match torch on real histories and lint clean for ATC."""
     from genrec.models.hstu import ROW_BLOCKS, row_blocks
@@ -198,8 +199,9 @@ def test_hstu_row_blocks_export_and_pass_the_checks(tmp_path):
 
     assert len(row_blocks(72)) == ROW_BLOCKS > 1
     ckpt = make_checkpoint("hstu", tmp_path / "hstu72.pt", max_len=72)
-    export_bundle(ckpt, tmp_path / "b", batch_gears=(1, 4), topk=20)
+    export_bundle(ckpt, tmp_path / "b", batch_gears=(1, 4), topk=20, opset=opset)
     bundle = load_bundle(tmp_path / "b")
+    assert bundle.manifest["opset"] == opset
     numerics = next(c for c in bundle.manifest["checks"] if c["check"] == "numerics")
     assert numerics["passed"] and numerics["graphs"]["prefill"]["user_emb"]["max_abs"] < 1e-4
     prefill = onnx.load(bundle.graph_path("prefill"))
