@@ -42,7 +42,8 @@ def _gears(ctx, param, value: str) -> list[int]:
 @click.option("--atol", type=float, default=DEFAULT_ATOL, show_default=True, help="Numeric check absolute tolerance.")
 @click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True, help="Numeric check relative tolerance.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
-def export_command(checkpoint, output, opset, max_history, max_new_items, topk, step_topk, max_exclude, rank_candidates,
+def export_command(checkpoint, output, opset, max_history, max_new_items, topk, step_topk, max_exclude,
+                   rank_candidates,
                    batch_gears, target, data, steps, atol, rtol, force):
     """Export CHECKPOINT to prefill/step/rank ONNX graphs, check them, and write the bundle.
 
@@ -58,12 +59,14 @@ def export_command(checkpoint, output, opset, max_history, max_new_items, topk, 
             status.update(msg)
 
         bundle = export_bundle(checkpoint, output, opset=opset, max_history=max_history,
-                               max_new_items=max_new_items, topk=topk, step_topk=step_topk, max_exclude=max_exclude,
+                               max_new_items=max_new_items, topk=topk, step_topk=step_topk,
+                               max_exclude=max_exclude,
                                rank_candidates=rank_candidates, batch_gears=batch_gears, target=target,
                                data=data, force=force, steps=steps, atol=atol, rtol=rtol, progress=say)
     make_console().print(checks_table(bundle.manifest))
     click.echo(f"wrote {output} ({bundle.arch}, T={bundle.max_history}, C={bundle.capacity}, "
-               f"K'={bundle.topk} (step {bundle.step_topk}), gears {','.join(map(str, bundle.batch_gears))}, opset {bundle.manifest['opset']})")
+               f"K'={bundle.topk} (step {bundle.step_topk}), gears {','.join(map(str, bundle.batch_gears))}, "
+               f"opset {bundle.manifest['opset']})")
 
 
 def checks_table(manifest: dict) -> Table:

@@ -24,7 +24,9 @@ Speed (see ``benchmarks/serving_bench.py``): sessions use every graph optimisati
 physical core the process may run on. Each session has its own thread pool whose threads do
 not spin once their graph ends (they would steal the cores from the next graph's pool);
 ``shared_threads=True`` puts every session on onnxruntime's process-wide pool instead, a bit
-faster still, but then every other onnxruntime session in the process must use it too. Before a graph is loaded, ``CastLike(x, like)`` nodes
+faster still, but then every other onnxruntime session in the process must use it too.
+
+Before a graph is loaded, ``CastLike(x, like)`` nodes
 whose ``like`` has a known element type become ``Cast(x, to=...)`` (the same op by
 definition): the CPU provider has no CastLike kernel, so onnxruntime cannot constant-fold
 through one, and torch's exporter puts them on batch-independent subgraphs (the normalised
