@@ -74,6 +74,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from genrec.runtimes import PrefillBatch, Request, generate, get_backend, recommend  # noqa: E402
+from genrec.runtimes.bench import BackendTimer, synthetic_requests, time_runs  # noqa: E402
 
 NUM_ITEMS, PRESET, GEARS = 3706, "ml-1m", (1, 64)
 TARGETS = {"ort_vs_torch_b1": 10.0, "ort_vs_torch_b64": 3.0, "cache_vs_recompute": 5.0,
@@ -100,15 +101,12 @@ def make_bundle(root: Path) -> Path:
 
 
 def requests(n: int, length: int, seed: int, as_lists: bool = False) -> list[Request]:
-    rng = np.random.default_rng([seed, n, length])
-    out = []
-    for u in range(n):
-        items = rng.choice(NUM_ITEMS, size=length, replace=False) + 1
-        times = 1_600_000_000 + np.cumsum(rng.integers(1, 86_400, size=length))
-        if as_lists:
-            items, times = items.tolist(), times.tolist()
-        out.append(Request(u, items, times, int(times[-1]) + 3600))
-    return out
+    """``n`` synthetic requests of ``length`` distinct items (``genrec bench``'s), optionally with
+    Python lists for items and timestamps (what JSON requests give)."""
+    reqs = synthetic_requests(range(1, NUM_ITEMS + 1), n, length, seed)[0]
+    if as_lists:
+        reqs = [Request(r.user_id, r.items.tolist(), r.timestamps.tolist(), r.request_time) for r in reqs]
+    return reqs
 
 
 def prefill_batch(b: int, dims, seed: int = 0) -> PrefillBatch:
@@ -125,14 +123,7 @@ def prefill_batch(b: int, dims, seed: int = 0) -> PrefillBatch:
 
 
 def timed(fn, repeat: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
+    return time_runs(fn, warmup, repeat)[0]
 
 
 def in_rounds(fns: dict, rounds: int, repeat: int, warmup: int) -> dict[str, list[float]]:
@@ -154,31 +145,6 @@ def ratio(num: list[float], den: list[float]) -> float:
 
 def med(xs) -> float:
     return float(np.median(xs))
-
-
-class Inside:
-    """Wraps a backend's prefill/step: seconds spent inside them since the last ``reset``."""
-
-    def __init__(self, backend):
-        self.backend, self.seconds = backend, 0.0
-        for name in ("prefill", "step"):
-            setattr(backend, name, self._wrap(getattr(backend, name)))
-
-    def _wrap(self, fn):
-        def run(*a, **k):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                self.seconds += time.perf_counter() - t0
-        return run
-
-    def reset(self) -> None:
-        self.seconds = 0.0
-
-    def remove(self) -> None:
-        for name in ("prefill", "step"):
-            self.backend.__dict__.pop(name, None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,7 +244,7 @@ def measure_ort(bundle: Path, args, out: dict) -> None:
                               "speedup": ratio(r["recompute"], r["cached"]), "same_slates": same}
         out["cache_vs_recompute"] = cache
         # (c) loop overhead at batch 64
-        inside = Inside(be)
+        inside = BackendTimer(be)
         loop = {}
         try:
             for kind, as_lists in (("numpy", False), ("lists", True)):
@@ -288,11 +254,11 @@ def measure_ort(bundle: Path, args, out: dict) -> None:
                     fn()
                     walls, ins = [], []
                     for _ in range(args.repeat * args.rounds):
-                        inside.reset()
+                        inside.clear()
                         t0 = time.perf_counter()
                         fn()
                         walls.append(time.perf_counter() - t0)
-                        ins.append(inside.seconds)
+                        ins.append(inside.total())
                     w, i = float(np.sum(walls)), float(np.sum(ins))
                     loop[f"{mode}_{kind}"] = {"wall_ms": 1e3 * w / len(walls), "backend_ms": 1e3 * i / len(walls),
                                               "loop_ms": 1e3 * (w - i) / len(walls), "share": (w - i) / w}

@@ -44,13 +44,13 @@ class LazyGroup(click.Group):
             module, attr = LAZY_COMMANDS[name].split(":")
             try:
                 return getattr(importlib.import_module(module), attr)
-            except (ImportError, AttributeError) as e:  # a stage or its dependency is missing
+            except ImportError as e:  # a stage's dependency is missing
                 return _unavailable(name, e)
         return super().get_command(ctx, name)
 
 
-def _unavailable(name: str, err: Exception) -> click.Command:
-    @click.command(name, short_help=f"(unavailable: {getattr(err, 'name', None) or err})")
+def _unavailable(name: str, err: ImportError) -> click.Command:
+    @click.command(name, short_help=f"(unavailable: {err.name or err})")
     def cmd() -> None:
         raise GenrecError(f"`genrec {name}` needs a package that is not installed ({err}); "
                           "reinstall genrec-deploy with its dependencies")

@@ -20,12 +20,13 @@ _CHUNK = 1024  # rows per block when scoring a whole split (bounds memory at ~B*
 
 def ranking_metrics(ranks: np.ndarray | Sequence[int], ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
     """Mean ``HR@K`` (rank <= K), ``NDCG@K`` (1/log2(rank+1) if rank <= K, else 0) and ``MRR``
-    (1/rank) over 1-based ``ranks``; keys ordered HR@K, NDCG@K per K, then MRR."""
+    (1/rank) over 1-based ``ranks``; keys ordered HR@K, NDCG@K per K, then MRR. A rank of
+    +inf is a miss (the target is not in a ranked list): it scores 0 everywhere."""
     r = np.asarray(ranks, dtype=np.float64).reshape(-1)
     if r.size == 0:
         raise ValueError("ranking_metrics needs at least one rank")
-    if np.any(~np.isfinite(r)) or np.any(r < 1):
-        raise ValueError("ranks must be finite and >= 1 (1-based)")
+    if np.any(np.isnan(r)) or np.any(r < 1):
+        raise ValueError("ranks must be >= 1 (1-based; +inf for a miss)")
     gain = 1.0 / np.log2(r + 1.0)
     out: dict[str, float] = {}
     for k in ks:

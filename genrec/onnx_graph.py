@@ -26,21 +26,41 @@ from __future__ import annotations
 from typing import Any
 
 
+def _elem_types(model: Any) -> dict[str, int] | None:
+    """Element type of every value onnx's shape inference can type (None if inference fails:
+    the rewrites here are optimisations and then leave the graph alone)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # noqa: BLE001
+        return None
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in [*inferred.value_info, *inferred.input, *inferred.output]}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    return types
+
+
+def _readers(graph: Any, skip: tuple[str, ...] = ()) -> dict[str, list[tuple[Any, int]]]:
+    """value name -> [(node, input position)] of the nodes reading it (ops in ``skip`` left out)."""
+    readers: dict[str, list[tuple[Any, int]]] = {}
+    for node in graph.node:
+        if node.op_type in skip and node.domain in ("", "ai.onnx"):
+            continue
+        for i, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, i))
+    return readers
+
+
 def castlike_to_cast(model: Any) -> bool:
     """Rewrite every CastLike whose target type is known as Cast, in place; True if any changed."""
     import onnx
 
     graph = model.graph
     nodes = [n for n in graph.node if n.op_type == "CastLike" and n.domain in ("", "ai.onnx")]
-    if not nodes:
+    types = _elem_types(model) if nodes else None
+    if not types:
         return False
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model).graph
-    except Exception:  # noqa: BLE001 - an optimisation only: leave the graph as it is
-        return False
-    types = {v.name: v.type.tensor_type.elem_type
-             for v in [*inferred.value_info, *inferred.input, *inferred.output]}
-    types.update({t.name: t.data_type for t in graph.initializer})
     changed = False
     for node in nodes:
         to = types.get(node.input[1], 0)
@@ -62,25 +82,20 @@ SHAPE_ONLY = ("Shape", "Size")
 
 def writable_in_place(model: Any, pairs: dict[str, str]) -> set[str]:
     """The inputs of ``pairs`` (input name -> output name) that may share one buffer with
-    their output: each is read (beyond Shape/Size) by exactly one node, a plain (no ``reduction``) ScatterElements
-    or ScatterND whose data input it is and whose output is that graph output."""
+    their output: it is read once (Shape/Size aside: a write never changes the shape), as the
+    data input of a plain (no ``reduction``) ScatterElements or ScatterND whose output is that
+    graph output."""
     graph = model.graph
-    readers: dict[str, list] = {}
-    for node in graph.node:
-        if node.op_type in SHAPE_ONLY and node.domain in ("", "ai.onnx"):
-            continue  # reads the shape, which a write never changes
-        for name in set(node.input):
-            readers.setdefault(name, []).append(node)
+    readers = _readers(graph, skip=SHAPE_ONLY)
     outputs = {o.name for o in graph.output}
     safe = set()
     for src, dst in pairs.items():
-        nodes = readers.get(src, [])
-        if len(nodes) != 1 or src in outputs or dst not in outputs:
+        uses = readers.get(src, [])
+        if len(uses) != 1 or uses[0][1] != 0 or src in outputs or dst not in outputs:
             continue
-        node = nodes[0]
+        node = uses[0][0]
         plain = all(a.name != "reduction" or a.s in (b"", b"none") for a in node.attribute)
-        if (node.op_type in SCATTERS and node.domain in ("", "ai.onnx") and plain
-                and node.input[0] == src and src not in node.input[1:] and node.output[0] == dst):
+        if node.op_type in SCATTERS and node.domain in ("", "ai.onnx") and plain and node.output[0] == dst:
             safe.add(src)
     return safe
 
@@ -98,18 +113,10 @@ def narrow_index_casts(model: Any) -> int:
     int64 = onnx.TensorProto.INT64
     casts = [n for n in graph.node if n.op_type == "Cast" and n.domain in ("", "ai.onnx")
              and any(a.name == "to" and a.i == int64 for a in n.attribute)]
-    if not casts:
+    types = _elem_types(model) if casts else None
+    if not types:
         return 0
-    readers: dict[str, list[tuple[Any, int]]] = {}
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            readers.setdefault(name, []).append((node, i))
-    outputs = {o.name for o in graph.output}
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model).graph
-    except Exception:  # noqa: BLE001 - an optimisation only: leave the graph as it is
-        return 0
-    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.value_info, *inferred.input]}
+    readers, outputs = _readers(graph), {o.name for o in graph.output}
     changed, drop = 0, []
     for cast in casts:
         out = cast.output[0]

@@ -38,16 +38,12 @@ class BundleDims:
     max_history: int  # T: history slots of the prefill graph
     capacity: int  # C: cache slots; T + generated items must fit
     topk: int  # K': candidates returned per prefill
+    step_topk: int  # candidates returned per step (<= K')
     max_exclude: int  # X: width of the exclude_ids input
     rank_candidates: int  # M: candidates the rank graph scores at once
     batch_gears: tuple[int, ...]  # batch sizes a backend accepts, ascending
     needs_timestamps: bool  # HSTU: timestamps, request_time and per-step timestamps
     temperature: float  # head temperature: log p = topk_score / temperature - log_z
-    step_topk: int = 0  # candidates returned per step (0: K')
-
-    @property
-    def step_k(self) -> int:
-        return self.step_topk or self.topk
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> BundleDims:
@@ -237,7 +233,7 @@ class BackendBase(abc.ABC):
                          self._position(position, b, self.dims.capacity - 1),
                          self._time(timestamp, b, "timestamp"),
                          self._ids(exclude_ids, (b, self.dims.max_exclude), "exclude_ids"))
-        return self._check_output(out, b, self.dims.step_k)
+        return self._check_output(out, b, self.dims.step_topk)
 
     def reorder(self, state: State, index: Any) -> None:
         """Make row r of the cache a copy of old row ``index[r]``; the batch may change (a gear)."""

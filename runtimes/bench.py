@@ -46,6 +46,7 @@ import numpy as np
 from genrec.errors import ConfigError
 
 from .base import BundleDims, open_bundle
+from .decoding import _chunks, _gear
 
 __all__ = ["BenchSpec", "MEMORY_METHOD", "check_plot_path", "parse_sizes", "plot_report", "report_table",
            "run_bench", "synthetic_requests"]
@@ -162,10 +163,15 @@ def _status_kb(key: str) -> int | None:
     return None
 
 
+def _reset_peak() -> None:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
 def _can_reset_peak() -> bool:
     try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
+        _reset_peak()
         return _status_kb("VmHWM") is not None
     except OSError:
         return False
@@ -185,8 +191,7 @@ class _PeakRSS:
 
     def __enter__(self):
         if _RESET_PEAK:
-            with open("/proc/self/clear_refs", "w") as fh:
-                fh.write("5")
+            _reset_peak()
             self.base = _status_kb("VmRSS") or 0
         else:
             self.base = self._maxrss_kb()
@@ -203,7 +208,7 @@ class _PeakRSS:
         self.mb = max(0, peak - self.base) / 1024
 
 
-class _Timer:
+class BackendTimer:
     """Times every call of the wrapped backend methods (instance attributes shadow the class's)."""
 
     def __init__(self, backend, methods: Sequence[str] = ("prefill", "step")):
@@ -240,7 +245,7 @@ def _stats(seconds: Sequence[float]) -> dict[str, float]:
             "min": float(ms.min()), "n": int(ms.size)}
 
 
-def _repeat(fn: Callable[[], Any], warmup: int, repeat: int, timer: _Timer | None = None
+def time_runs(fn: Callable[[], Any], warmup: int, repeat: int, timer: BackendTimer | None = None
             ) -> tuple[list[float], float]:
     """(wall seconds of each timed run, seconds spent inside the backend during them)."""
     for _ in range(warmup):
@@ -255,7 +260,7 @@ def _repeat(fn: Callable[[], Any], warmup: int, repeat: int, timer: _Timer | Non
     return walls, (timer.total() if timer else 0.0)
 
 
-def _step_probe(backend, requests, spec: BenchSpec, timer: _Timer) -> list[float]:
+def _step_probe(backend, requests, spec: BenchSpec, timer: BackendTimer) -> list[float]:
     """Seconds of ``warmup + repeat`` step calls (the warm-up ones dropped) on one prefilled batch."""
     from .decoding import _exclude, _history_exclusions, _pad, _prefill, prepare
 
@@ -271,12 +276,12 @@ def _step_probe(backend, requests, spec: BenchSpec, timer: _Timer) -> list[float
     return timer.times["step"][spec.warmup:]
 
 
-def _measure(backend, requests: list, batch: int, spec: BenchSpec, timer: _Timer) -> dict[str, Any]:
+def _measure(backend, requests: list, batch: int, spec: BenchSpec, timer: BackendTimer) -> dict[str, Any]:
     from .decoding import SearchParams, generate, recommend
 
     row: dict[str, Any] = {}
     with _PeakRSS() as mem:
-        walls, inside = _repeat(lambda: recommend(backend, requests, spec.k, batch_size=batch),
+        walls, inside = time_runs(lambda: recommend(backend, requests, spec.k, batch_size=batch),
                                 spec.warmup, spec.repeat, timer)
         row["prefill_ms"] = _stats(timer.times["prefill"])
         row["recommend"] = {"requests_per_s": batch * spec.repeat / sum(walls),
@@ -285,7 +290,7 @@ def _measure(backend, requests: list, batch: int, spec: BenchSpec, timer: _Timer
         row["step_ms"] = _stats(_step_probe(backend, requests, spec, timer))
         if spec.generate:
             params = SearchParams("greedy")
-            walls, inside = _repeat(lambda: generate(backend, requests, spec.generate, params,
+            walls, inside = time_runs(lambda: generate(backend, requests, spec.generate, params,
                                                      batch_size=batch), spec.warmup, spec.repeat, timer)
             row["generate"] = {"steps": spec.generate,
                                "slates_per_s": batch * spec.repeat / sum(walls),
@@ -296,6 +301,10 @@ def _measure(backend, requests: list, batch: int, spec: BenchSpec, timer: _Timer
     return row
 
 
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den > 0 else None
+
+
 def _speedups(results: list[dict[str, Any]], first: str) -> None:
     """Add ``speedup_vs_first`` to every row: first/this for latencies, this/first for rates."""
     base = {(r["batch"], r["history"]): r for r in results if r["backend"] == first}
@@ -303,16 +312,12 @@ def _speedups(results: list[dict[str, Any]], first: str) -> None:
         b = base.get((r["batch"], r["history"]))
         if b is None:
             continue
-
-        def ratio(num: float, den: float) -> float | None:
-            return num / den if den > 0 else None
-
-        s = {"prefill_p50": ratio(b["prefill_ms"]["p50"], r["prefill_ms"]["p50"]),
-             "prefill_p99": ratio(b["prefill_ms"]["p99"], r["prefill_ms"]["p99"]),
-             "step_p50": ratio(b["step_ms"]["p50"], r["step_ms"]["p50"]),
-             "recommend_rps": ratio(r["recommend"]["requests_per_s"], b["recommend"]["requests_per_s"])}
+        s = {"prefill_p50": _ratio(b["prefill_ms"]["p50"], r["prefill_ms"]["p50"]),
+             "prefill_p99": _ratio(b["prefill_ms"]["p99"], r["prefill_ms"]["p99"]),
+             "step_p50": _ratio(b["step_ms"]["p50"], r["step_ms"]["p50"]),
+             "recommend_rps": _ratio(r["recommend"]["requests_per_s"], b["recommend"]["requests_per_s"])}
         if "generate" in r and "generate" in b:
-            s["generate_rps"] = ratio(r["generate"]["slates_per_s"], b["generate"]["slates_per_s"])
+            s["generate_rps"] = _ratio(r["generate"]["slates_per_s"], b["generate"]["slates_per_s"])
         r["speedup_vs_first"] = s
 
 
@@ -378,15 +383,14 @@ def run_bench(bundle, spec: BenchSpec | None = None,
 
             info["threads"] = torch.get_num_threads()
         report["backends"][name] = info
-        timer = _Timer(backend)
+        timer = BackendTimer(backend)
         try:
             for length in spec.history_lengths:
                 for batch in spec.batch_sizes:
                     say(f"{name}: batch {batch}, history {length}")
                     requests, synthetic = sets[length, batch]
                     row = {"backend": name, "batch": batch, "history": length,
-                           "gears": sorted({min(g for g in dims.batch_gears if g >= n)
-                                            for n in _chunk_sizes(batch, max(dims.batch_gears))}),
+                           "gears": sorted({_gear(backend, len(c)) for _, c in _chunks(backend, requests, batch)}),
                            "synthetic_requests": synthetic}
                     row.update(_measure(backend, requests, batch, spec, timer))
                     report["results"].append(row)
@@ -396,10 +400,6 @@ def run_bench(bundle, spec: BenchSpec | None = None,
     report["environment"]["load_average_after"] = list(os.getloadavg())
     _speedups(report["results"], spec.backends[0])
     return report
-
-
-def _chunk_sizes(batch: int, largest: int) -> list[int]:
-    return [largest] * (batch // largest) + ([batch % largest] if batch % largest else [])
 
 
 # --------------------------------------------------------------------------------------------

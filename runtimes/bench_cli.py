@@ -39,11 +39,10 @@ def bench_command(bundle, backends, batch_sizes, history_lengths, steps, repeat,
     """
     from pathlib import Path
 
-    from rich.console import Console
-
     from genrec.atomic import atomic_file
+    from genrec.progress import console
 
-    from .bench import BenchSpec, parse_sizes, plot_report, report_table, run_bench
+    from .bench import BenchSpec, check_plot_path, parse_sizes, plot_report, report_table, run_bench
 
     names = tuple(b.strip() for b in backends.split(",") if b.strip())
     spec = BenchSpec(backends=names, batch_sizes=parse_sizes(batch_sizes, "--batch-sizes"),
@@ -51,12 +50,9 @@ def bench_command(bundle, backends, batch_sizes, history_lengths, steps, repeat,
                      generate=steps, repeat=repeat, warmup=warmup, threads=threads, k=k, seed=seed,
                      data=data)
     if plot_path:  # refuse a bad image type before minutes of measuring
-        from .bench import check_plot_path
-
         check_plot_path(plot_path)
     report = run_bench(bundle, spec, progress=lambda msg: click.echo(f"bench: {msg}", err=True))
-    console = Console(width=None if Console().is_terminal else 160)
-    console.print(report_table(report))
+    console().print(report_table(report))
     click.echo(f"memory: {report['memory_method']}")
     if json_path:
         with atomic_file(Path(json_path), "w") as fh:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from genrec.errors import DataError, GenrecError
+from genrec.errors import DataError
 
 STRATEGIES = ("greedy", "beam", "sample")
 

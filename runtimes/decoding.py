@@ -142,11 +142,7 @@ def _exclude(backend: Backend, lists: list[np.ndarray], needed: int, where: Call
     out[rows[inside], rank[inside]] = flat[inside]
     bad = np.flatnonzero((counts > x) & (needed + counts - x > k))
     if bad.size:
-        i, size = int(bad[0]), int(counts[bad[0]])
-        raise ConfigError(
-            f"{where(i)}: {size} excluded items exceed the bundle's exclude width X={x}; "
-            f"the rest are filtered from the top K'={k}, which must then hold "
-            f"{needed} + {size - x}; re-export with a larger max_exclude or topk (step_topk)")
+        raise _overflowing(where(int(bad[0])), int(counts[bad[0]]), x, k, needed)
     extra = np.maximum(counts - x, 0)
     if not extra.any():
         empty = flat[:0]
@@ -178,12 +174,24 @@ def _push(backend: Backend, excl: np.ndarray, overflow: list[np.ndarray], items:
     for i in full:
         overflow[i] = np.concatenate([dropped[i:i + 1].astype(np.int64), overflow[i]])
         if needed + overflow[i].size > k:
-            size = x + overflow[i].size
-            raise ConfigError(
-                f"{where(int(i))}: {size} excluded items exceed the bundle's exclude width X={x}; "
-                f"the rest are filtered from the top K'={k}, which must then hold "
-                f"{needed} + {size - x}; re-export with a larger max_exclude or topk (step_topk)")
+            raise _overflowing(where(int(i)), x + overflow[i].size, x, k, needed)
     return out, overflow
+
+
+def _overflowing(where: str, size: int, x: int, k: int, needed: int) -> ConfigError:
+    """A row excludes ``size`` ids: X go to the graph, and its K candidates can't hold the rest."""
+    return ConfigError(
+        f"{where}: {size} excluded items exceed the bundle's exclude width X={x}; "
+        f"the rest are filtered from the top K'={k}, which must then hold "
+        f"{needed} + {size - x}; re-export with a larger max_exclude or topk (step_topk)")
+
+
+def _keep(out: StepOutput, row: int, overflow: np.ndarray) -> np.ndarray:
+    """Mask of row ``row``'s top-K' candidates that are valid: not masked, not in its overflow."""
+    keep = np.isfinite(out.topk_scores[row])
+    if overflow.size:
+        keep &= ~np.isin(out.topk_ids[row], overflow)
+    return keep
 
 
 def _valid(out: StepOutput, overflow: list[np.ndarray]) -> np.ndarray:
@@ -191,18 +199,15 @@ def _valid(out: StepOutput, overflow: list[np.ndarray]) -> np.ndarray:
     keep = np.isfinite(out.topk_scores[:len(overflow)])
     for i, extra in enumerate(overflow):
         if extra.size:
-            keep[i] &= ~np.isin(out.topk_ids[i], extra)
+            keep[i] = _keep(out, i, extra)
     return keep
 
 
 def _candidates(out: StepOutput, row: int, overflow: np.ndarray, temperature: float
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row ``row``'s valid top-K': (ids, raw scores, normalised log-probs), best first."""
-    ids, scores = out.topk_ids[row], out.topk_scores[row]
-    keep = np.isfinite(scores)
-    if overflow.size:
-        keep &= ~np.isin(ids, overflow)
-    ids, scores = ids[keep], scores[keep]
+    keep = _keep(out, row, overflow)
+    ids, scores = out.topk_ids[row][keep], out.topk_scores[row][keep]
     return ids, scores, scores.astype(np.float64) / temperature - float(out.log_z[row])
 
 
@@ -288,8 +293,8 @@ def generate(backend: Backend, requests: Sequence[Request | dict], steps: int,
                           f"{d.capacity - d.max_history} generated items; re-export with a larger "
                           "max_new_items")
     beam = params.strategy == "beam"
-    if beam and params.num_beams > d.step_k and d.step_k < d.num_items:
-        raise ConfigError(f"num_beams={params.num_beams} exceeds the bundle's step top-K={d.step_k}; "
+    if beam and params.num_beams > d.step_topk and d.step_topk < d.num_items:
+        raise ConfigError(f"num_beams={params.num_beams} exceeds the bundle's step top-K={d.step_topk}; "
                           "re-export with a larger --step-topk")
     rows, results = prepare(backend, requests), []
     per_request = params.num_beams if beam else 1
@@ -322,6 +327,16 @@ def _no_items(start: int, i: int, s: int) -> ConfigError:
                        "(the catalogue is exhausted by the history, deny list and slate)")
 
 
+def _greedy_pick(out: StepOutput, overflow: list[np.ndarray], start: int, s: int) -> np.ndarray:
+    """Index into each row's top-K of its best valid candidate (the first one kept), for the
+    first n = len(overflow) rows; ``_no_items`` naming the first row with none left."""
+    keep = _valid(out, overflow)
+    found = keep.any(axis=1)
+    if not found.all():
+        raise _no_items(start, int(np.argmin(found)), s)
+    return np.argmax(keep, axis=1)
+
+
 def _greedy_chunk(backend: Backend, rows: list[Prepared], start: int, steps: int,
                   params: SearchParams) -> list[tuple[np.ndarray, np.ndarray]]:
     d, n = backend.dims, len(rows)
@@ -331,26 +346,22 @@ def _greedy_chunk(backend: Backend, rows: list[Prepared], start: int, steps: int
     slates = np.zeros((n, steps), np.int64)
     logps = np.zeros((n, steps))
     where = lambda i: f"request {start + i}"  # noqa: E731
-    excl, overflow = _exclude(backend, base, 1, where, d.step_k)  # checked for the steps' K too
+    excl, overflow = _exclude(backend, base, 1, where, d.step_topk)  # checked for the steps' K too
     b = _prefill(backend, rows, excl)
     out, g = b.out, b.state.batch
     every = np.arange(n)
     for s in range(steps):
         if s:
             if not params.allow_repeats:  # with repeats allowed the exclusions never change
-                pushed = _push(backend, excl, overflow, slates[:, s - 1], 1, where, d.step_k)
+                pushed = _push(backend, excl, overflow, slates[:, s - 1], 1, where, d.step_topk)
                 if pushed is None:
                     lists = [np.concatenate([slates[i, s - 1::-1], x]) for i, x in enumerate(base)]
-                    pushed = _exclude(backend, lists, 1, where, d.step_k)
+                    pushed = _exclude(backend, lists, 1, where, d.step_topk)
                 excl, overflow = pushed
             out = backend.step(b.state, _pad(slates[:, s - 1], g), _pad(b.lengths + s - 1, g),
                                _pad(b.request_time, g), _pad(excl, g))
         if params.strategy == "greedy":  # the best valid candidate of every row at once
-            keep = _valid(out, overflow)
-            found = keep.any(axis=1)
-            if not found.all():
-                raise _no_items(start, int(np.argmin(found)), s)
-            j = np.argmax(keep, axis=1)
+            j = _greedy_pick(out, overflow, start, s)
             slates[:, s] = out.topk_ids[every, j]
             logps[:, s] = (out.topk_scores[every, j].astype(np.float64) / d.temperature
                            - out.log_z[:n].astype(np.float64))
@@ -372,7 +383,7 @@ def _beam_chunk(backend: Backend, rows: list[Prepared], start: int, steps: int,
     items = np.zeros((n, w, steps), np.int64)  # slate of every hypothesis
     logps = np.zeros((n, w, steps))  # log p of each of its items
     score = np.full((n, w), -np.inf)  # sum of log p; -inf = no hypothesis in this slot
-    excl, overflow = _exclude(backend, base, w, lambda i: f"request {start + i}", d.step_k)
+    excl, overflow = _exclude(backend, base, w, lambda i: f"request {start + i}", d.step_topk)
     b = _prefill(backend, rows, excl)
     for i in range(n):
         ids, _, lp = _candidates(b.out, i, overflow[i], d.temperature)
@@ -391,7 +402,7 @@ def _beam_chunk(backend: Backend, rows: list[Prepared], start: int, steps: int,
         flat = items.reshape(n * w, steps)
         lists = base_rows if params.allow_repeats else [
             np.concatenate([flat[r, :s][::-1], base_rows[r]]) for r in range(n * w)]
-        excl, overflow = _exclude(backend, lists, w, where, d.step_k)
+        excl, overflow = _exclude(backend, lists, w, where, d.step_topk)
         out = backend.step(b.state, _pad(flat[:, s - 1], g), _pad(lengths + s - 1, g),
                            _pad(req, g), _pad(excl, g))
         parents = np.zeros((n, w), np.int64)

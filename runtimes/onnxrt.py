@@ -42,7 +42,7 @@ import numpy as np
 
 from genrec.bundle import Bundle
 from genrec.errors import BundleError, ConfigError, MissingBackend
-from genrec.onnx_graph import writable_in_place
+from genrec.onnx_graph import castlike_to_cast, writable_in_place
 
 from .base import BackendBase, BundleDims, PrefillBatch, State, StepOutput, open_bundle
 
@@ -70,17 +70,27 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def shared_pool(ort, threads: int) -> None:
-    """Create onnxruntime's process-wide intra-op pool of ``threads`` threads (``shared_threads``).
+_SHARED: list[int] = []  # size of the process-wide pool, once this module created it
+
+
+def shared_pool(ort, threads: int, asked: int | None) -> int:
+    """The size of onnxruntime's process-wide intra-op pool (``shared_threads``), creating it
+    with ``threads`` threads on first use; ConfigError if it can't be created or a different
+    size was ``asked`` for (it can be sized once per process).
 
     Once it exists, *every* session in the process must opt into it (onnxruntime refuses
-    sessions with their own pools), which is why it is opt-in; ConfigError when the pool
-    cannot be created (already created: it can be sized once per process)."""
-    try:
-        ort.set_global_thread_pool_sizes(threads, 1)
-    except Exception as e:  # noqa: BLE001 - AttributeError on old builds, Fail when already set
-        raise ConfigError(f"onnxruntime backend: cannot create a shared pool of {threads} threads "
-                          f"({str(e).splitlines()[0][:120]}); it can be created once per process") from None
+    sessions with their own pools), which is why it is opt-in."""
+    if not _SHARED:
+        try:
+            ort.set_global_thread_pool_sizes(threads, 1)
+        except Exception as e:  # noqa: BLE001 - AttributeError on old builds, Fail when already set
+            raise ConfigError(f"onnxruntime backend: cannot create a shared pool of {threads} threads "
+                              f"({str(e).splitlines()[0][:120]}); it can be created once per process") from None
+        _SHARED.append(threads)
+    elif asked and asked != _SHARED[0]:
+        raise ConfigError(f"onnxruntime backend: the shared pool has {_SHARED[0]} threads, "
+                          f"not {asked}; it can be sized once per process")
+    return _SHARED[0]
 
 
 def fold_castlike(path: str | os.PathLike[str], model=None) -> bytes | None:
@@ -90,12 +100,29 @@ def fold_castlike(path: str | os.PathLike[str], model=None) -> bytes | None:
     ``model``: the graph already loaded from ``path`` (without external data), to save a load."""
     import onnx
 
-    from genrec.onnx_graph import castlike_to_cast
-
     model = model if model is not None else onnx.load(str(path), load_external_data=False)
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+    if _external(model):
         return None  # bytes would lose the path external data is resolved against
     return model.SerializeToString() if castlike_to_cast(model) else None
+
+
+def _external(model) -> bool:
+    import onnx
+
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def load_graph(path: Path) -> tuple[bytes | str, object]:
+    """(what to hand ``InferenceSession``, the graph without external data) for the graph file
+    at ``path``, read from disk once: its bytes (CastLike folded, see ``fold_castlike``), or
+    its path when weights are external (they resolve against it)."""
+    import onnx
+
+    data = Path(path).read_bytes()
+    proto = onnx.load_from_string(data)
+    if _external(proto):
+        return str(path), proto
+    return fold_castlike(path, proto) or data, proto
 
 
 def gather_rows_model(specs: list[tuple[str, list, str]]):
@@ -111,9 +138,6 @@ def gather_rows_model(specs: list[tuple[str, list, str]]):
         nodes.append(helper.make_node("Gather", [f"x.{i}", "index"], [f"y.{i}"], axis=0))
     graph = helper.make_graph(nodes, "reorder", inputs, outputs)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
-
-
-_SHARED: list[int] = []  # size of the process-wide pool, once this module created it
 
 
 class OrtState(State):
@@ -151,16 +175,10 @@ class OrtBackend(BackendBase):
         opts.log_severity_level = 3  # errors only: graph-optimizer notes are not for users
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of ops: no inter-op pool
-        self.intra_op_threads = intra_op_threads or threads or (physical_cores() if provider == "cpu" else 0)
+        asked = intra_op_threads or threads
+        self.intra_op_threads = asked or (physical_cores() if provider == "cpu" else 0)
         if shared_threads:
-            asked = intra_op_threads or threads
-            if not _SHARED:
-                shared_pool(ort, self.intra_op_threads)
-                _SHARED.append(self.intra_op_threads)
-            elif asked and asked != _SHARED[0]:
-                raise ConfigError(f"onnxruntime backend: the shared pool has {_SHARED[0]} threads, "
-                                  f"not {asked}; it can be sized once per process")
-            self.intra_op_threads = _SHARED[0]
+            self.intra_op_threads = shared_pool(ort, self.intra_op_threads, asked)
             opts.use_per_session_threads = False  # the process-wide pool: one set of threads for all graphs
         else:
             opts.intra_op_num_threads = self.intra_op_threads
@@ -181,11 +199,8 @@ class OrtBackend(BackendBase):
         protos = {}
 
         def graph(name):
-            import onnx
-
-            path = bundle.graph_path(name, precision)
-            protos[name] = proto = onnx.load(str(path), load_external_data=False)
-            return session(fold_castlike(path, proto) or str(path))
+            model, protos[name] = load_graph(bundle.graph_path(name, precision))
+            return session(model)
 
         self.precision = precision
         self._sess = {g: graph(g) for g in ("prefill", "step", "rank")}
@@ -238,10 +253,6 @@ class OrtBackend(BackendBase):
         """Names of the cache inputs a step writes in place (the rest are double-buffered)."""
         return [n for n, ip in zip(self._past, self._inplace) if ip]
 
-    def _swap(self, state: OrtState, b: int) -> None:
-        """After a reorder that wrote into ``state.spare``: make it the cache, keep the old as spare."""
-        state.cache, state.spare = state.spare, state.cache if state.batch == b else None
-
     # -- the impls ---------------------------------------------------------------------------
     def _prefill(self, batch: PrefillBatch) -> tuple[StepOutput, State]:
         b = batch.batch
@@ -279,8 +290,8 @@ class OrtBackend(BackendBase):
             binding.bind_ortvalue_input(f"x.{i}", value)
             binding.bind_ortvalue_output(f"y.{i}", out[i])
         self._gather.run_with_iobinding(binding)
-        state.spare = out
-        self._swap(state, n)
+        # the gathered rows become the cache; the old set is the next spare if its batch fits
+        state.cache, state.spare = out, state.cache if state.batch == n else None
 
     def _rank(self, state: OrtState, candidates, position, timestamp) -> np.ndarray:
         feeds = {"candidates": candidates, "position": position}

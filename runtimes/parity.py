@@ -28,9 +28,11 @@ import numpy as np
 
 from genrec.errors import ConfigError
 from genrec.inputs import tile_history
+from genrec.metrics import ranking_metrics
 
 from .base import Backend, StepOutput
-from .decoding import SearchParams, _candidates, _chunks, _exclude, _history_exclusions, _pad, _prefill, generate, prepare, recommend
+from .decoding import (SearchParams, _chunks, _exclude, _greedy_pick, _history_exclusions, _pad, _prefill,
+                       generate, prepare, recommend)
 from .requests import Request
 
 TASK_K = 10
@@ -137,13 +139,7 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
 
 def task_metrics(lists: list[list[int]], targets: list[int], k: int = TASK_K) -> dict[str, float]:
     """HR@k, NDCG@k and MRR of each target within its list (rank past the list's end = miss)."""
-    hr, ndcg, mrr = [], [], []
-    for lst, t in zip(lists, targets):
-        rank = lst.index(t) + 1 if t in lst else math.inf
-        hr.append(rank <= k)
-        ndcg.append(1.0 / math.log2(rank + 1) if rank <= k else 0.0)
-        mrr.append(0.0 if rank == math.inf else 1.0 / rank)
-    return {f"HR@{k}": float(np.mean(hr)), f"NDCG@{k}": float(np.mean(ndcg)), "MRR": float(np.mean(mrr))}
+    return ranking_metrics([lst.index(t) + 1 if t in lst else math.inf for lst, t in zip(lists, targets)], (k,))
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,16 +216,15 @@ def trace_tensors(ref: Backend, cand: Backend, requests: list[Request], steps: i
         args = (_pad(block, g), _pad(rb.lengths, g), _pad(rb.request_time, g))
         trace.stats("rank", "scores").add(ref.rank(rb.state, *args)[:len(chunk)],
                                           cand.rank(cb.state, *args)[:len(chunk)], users)
-        slates: list[list[int]] = [[] for _ in chunk]
+        n = len(chunk)
+        slates = np.zeros((n, steps), np.int64)
         out = rb.out
         for s in range(steps):
-            for i in range(len(chunk)):
-                ids, _, _ = _candidates(out, i, overflow[i], ref.dims.temperature)
-                slates[i].append(int(ids[0]))  # the reference's own greedy choice
-            lists = [np.concatenate([np.asarray(sl[::-1], np.int64), x]) for sl, x in zip(slates, base)]
-            excl, overflow = _exclude(ref, lists, 1, lambda i: f"request {start + i}", ref.dims.step_k)
-            step_in = (_pad(np.array([sl[-1] for sl in slates]), g), _pad(rb.lengths + s, g),
-                       _pad(rb.request_time, g), _pad(excl, g))
+            # the reference's own greedy choice
+            slates[:, s] = out.topk_ids[np.arange(n), _greedy_pick(out, overflow, start, s)]
+            lists = [np.concatenate([slates[i, s::-1], x]) for i, x in enumerate(base)]
+            excl, overflow = _exclude(ref, lists, 1, lambda i: f"request {start + i}", ref.dims.step_topk)
+            step_in = (_pad(slates[:, s], g), _pad(rb.lengths + s, g), _pad(rb.request_time, g), _pad(excl, g))
             out = ref.step(rb.state, *step_in)
             trace.compare(f"step {s + 1}", out, cand.step(cb.state, *step_in), users)
     return trace
@@ -277,23 +272,26 @@ def run_parity(ref: Backend, cand: Backend, reqs: ParityRequests, *, steps: int 
     return report
 
 
+# compared tensor -> its max-abs-error threshold; list-level figure -> (threshold, label)
+TENSOR_LIMITS = {"user_emb": "user_emb_max_abs", "topk_scores": "topk_scores_max_abs",
+                 "log_z": "log_z_max_abs", "scores": "rank_scores_max_abs"}
+LIST_LIMITS = {"exact_match": ("topk_exact_min", "topk exact-match rate"),
+               f"overlap@{TASK_K}": ("overlap_min", f"overlap@{TASK_K}"),
+               "slates_equal": ("slates_equal_min", "slates identical rate")}
+
+
 def judge(report: dict[str, Any], trace: TensorTrace, th: Thresholds) -> list[str]:
     """Human-readable breaches, each naming the worst call (graph/step) and user."""
     out = []
-    limits = {"user_emb": th.user_emb_max_abs, "topk_scores": th.topk_scores_max_abs,
-              "log_z": th.log_z_max_abs, "scores": th.rank_scores_max_abs}
     for call, per in trace.per_call.items():
         for name, st in per.items():
-            limit = limits.get(name)
+            limit = getattr(th, TENSOR_LIMITS[name]) if name in TENSOR_LIMITS else None
             if limit is not None and st.max_abs > limit:
                 out.append(f"{call}: {name} max abs error {st.max_abs:.3g} > {limit:g} (worst user {st.worst_user})")
             if name == "user_emb" and th.cosine_min is not None and st.cosine_min < th.cosine_min:
                 out.append(f"{call}: user_emb cosine {st.cosine_min:.6f} < {th.cosine_min} (worst user {st.worst_user})")
     lst = report["list"]
-    k = TASK_K
-    checks = [("topk exact-match rate", lst["exact_match"], th.topk_exact_min),
-              (f"overlap@{k}", lst[f"overlap@{k}"], th.overlap_min),
-              ("slates identical rate", lst["slates_equal"], th.slates_equal_min)]
+    checks = [(what, lst[key], getattr(th, attr)) for key, (attr, what) in LIST_LIMITS.items()]
     for what, value, limit in checks:
         if limit is not None and value < limit:
             extra = ""

@@ -69,20 +69,21 @@ def parity_command(bundle, reference, candidate, data, users, steps, beams, thre
 
 
 def summary_table(r: dict) -> Table:
+    from .parity import LIST_LIMITS, TENSOR_LIMITS
+
     t = Table(title=f"parity {r['reference']} vs {r['candidate']} ({r['requests']} requests, {r['steps']} steps)")
     for col in ("level", "what", "value", "threshold"):
         t.add_column(col)
     th = r["thresholds"]
-    lim = {"user_emb": th["user_emb_max_abs"], "topk_scores": th["topk_scores_max_abs"],
-           "log_z": th["log_z_max_abs"], "scores": th["rank_scores_max_abs"]}
+    lim = {name: th[attr] for name, attr in TENSOR_LIMITS.items()}
     for call, per in r["tensor"].items():
         for name, st in per.items():
             extra = f", cos {st['cosine_min']:.6f}" if name == "user_emb" else ""
             t.add_row("tensor", f"{call}: {name}", f"abs {st['max_abs']:.2e} rel {st['max_rel']:.2e}{extra}",
                       "-" if lim.get(name) is None else f"≤ {lim[name]:g}")
     lst = r["list"]
-    for key, limit in (("exact_match", th["topk_exact_min"]), ("overlap@10", th["overlap_min"]),
-                       ("slates_equal", th["slates_equal_min"])):
+    for key, (attr, _) in LIST_LIMITS.items():
+        limit = th[attr]
         t.add_row("list", key, f"{lst[key]:.4f}", "-" if limit is None else f"≥ {limit:g}")
     t.add_row("list", "first divergent step", str(lst["first_divergent_step"] or "none"), "")
     task = r["task"]

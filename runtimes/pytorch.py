@@ -81,14 +81,14 @@ class TorchBackend(BackendBase):
         else:
             ckpt = load_checkpoint(source)
             cfg = ckpt.config
+            k = topk or min(DEFAULT_TOPK, cfg.num_items)
             dims = BundleDims(
                 arch=cfg.arch, num_items=cfg.num_items, max_history=cfg.max_len,
-                capacity=cfg.capacity, topk=topk or min(DEFAULT_TOPK, cfg.num_items),
+                capacity=cfg.capacity, topk=k, step_topk=step_topk or k,
                 max_exclude=max_exclude or cfg.capacity,
                 rank_candidates=rank_candidates or DEFAULT_RANK_CANDIDATES,
                 batch_gears=tuple(sorted(batch_gears or DEFAULT_GEARS)),
-                needs_timestamps=ckpt.model.needs_timestamps, temperature=cfg.temperature,
-                step_topk=step_topk or 0)
+                needs_timestamps=ckpt.model.needs_timestamps, temperature=cfg.temperature)
             id_map = ckpt.id_map
         super().__init__(dims, id_map)
         self.device = torch_device(device)
@@ -113,7 +113,7 @@ class TorchBackend(BackendBase):
         with self._torch.inference_mode():
             user, state.cache = self.model.step(self._t(new_item), self._t(position),
                                                 self._t(timestamp), state.cache)
-            return self._head(user, exclude_ids, self.dims.step_k)
+            return self._head(user, exclude_ids, self.dims.step_topk)
 
     def _reorder(self, state: TorchState, index: np.ndarray) -> None:
         idx = self._t(index)

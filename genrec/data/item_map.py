@@ -88,7 +88,7 @@ class ItemMap:
             return np.zeros(raw.shape, np.int64), np.zeros(raw.shape, bool)
         if self._dense is not None:
             inside = (raw >= 0) & (raw < self._dense.size)
-            internal = self._dense[np.where(inside, raw, 0)].astype(np.int64)
+            internal = self._dense[np.where(inside, raw, 0)]  # int32; to_internal widens once
             return internal, inside & (internal > 0)
         pos = np.searchsorted(self._sorted, raw)
         pos = np.minimum(pos, self._sorted.size - 1)

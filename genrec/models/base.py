@@ -68,14 +68,15 @@ def take_row(x: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
     return x.gather(dim, idx.expand(expand))
 
 
-def write_at(cache: torch.Tensor, new: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-    """Write ``new`` (B, H, 1, dh) into ``cache`` (B, H, C, dh) at ``position`` (B,), shape-preserving.
+def write_at(cache: torch.Tensor, new: torch.Tensor, position: torch.Tensor, dim: int = 2) -> torch.Tensor:
+    """Write ``new`` into ``cache`` at slot ``position[b]`` of axis ``dim``, shape-preserving:
+    K/V (B, H, 1, dh) into (B, H, C, dh) on axis 2, HSTU's times (B, 1) into (B, C) on axis 1.
 
-    A ScatterElements of one slot per row (on ATC's list), rather than a Where over the whole
-    cache, which made the cache write half of a step's time in onnxruntime."""
-    b, h, _, dh = new.shape
-    index = position.long().view(-1, 1, 1, 1).expand(b, h, 1, dh)
-    return cache.scatter(2, index, new.to(cache.dtype))
+    One ScatterElements reading the cache input itself (on ATC's list): cheaper than a Where
+    over the whole cache, and a runtime may alias input and output so that only the row is
+    written (``genrec.onnx_graph.writable_in_place``)."""
+    index = position.long().view(-1, *[1] * (new.dim() - 1)).expand(new.shape)
+    return cache.scatter(dim, index, new.to(cache.dtype))
 
 
 def pad_to(x: torch.Tensor, capacity: int, dim: int = 2) -> torch.Tensor:

@@ -159,7 +159,7 @@ class HSTULayer(nn.Module):
         s_hist = q @ k_cache.transpose(-1, -2) + self.bias(rel_row, bucket_row)[:, None, None, :]
         a_hist = torch.where(valid, F.silu(s_hist), torch.zeros_like(s_hist))  # (B, H, M, C)
         # a candidate sees itself at relative offset 0 and time difference 0 (bucket 0)
-        s_self = (q * k).sum(-1, keepdim=True) + self.w_pos[self.n - 1] + self.w_ts[0]  # offset 0, Δt 0
+        s_self = (q * k).sum(-1, keepdim=True) + self.w_pos[self.n - 1] + self.w_ts[0]
         return self._finish(x, u, a_hist @ v_cache + F.silu(s_self) * v)
 
 
@@ -204,21 +204,19 @@ class HSTU(GenerativeRecommender):
         x = self._embed(item_ids, pos[None, :])
         ts, now = timestamps.to(torch.int32), request_time.to(torch.int32)
         nxt = torch.cat([ts[:, 1:], ts[:, -1:]], dim=1)  # t[i+1]
-        last = pos[None, :] == (lengths.long() - 1)[:, None]
-        nxt = torch.where(last, now[:, None], nxt)  # last position: request time
+        final = lengths.long() - 1
+        nxt = torch.where(pos[None, :] == final[:, None], now[:, None], nxt)  # last position: request time
         blocks = row_blocks(int(t))  # a plain int also under TorchScript tracing (static T)
         # time buckets of each row block against the keys it sees, shared by all layers
         buckets = [self._buckets(nxt[:, a:b, None] - ts[:, None, :b]) for a, b in blocks]
         rel = (self.n - 1) + pos[None, :] - pos[:, None]  # (T, T) constant
         causal = pos[None, :] <= pos[:, None]
         cache: list[torch.Tensor] = []
-        final = lengths.long() - 1
         for i, layer in enumerate(self.layers):
             if last_only and i == len(self.layers) - 1:
-                rel_row = (self.n - 1) + pos[None, :] - final[:, None]  # (B, T)
-                # the row at length-1 of the buckets, computed afresh from its next time (the
-                # request time): the block buckets then only ever serve as gather indices
-                x, k, v = layer.last_row(x, final, rel_row, self._buckets(now[:, None] - ts))
+                # the row at length-1, its buckets computed afresh from its next time (the request
+                # time): the block buckets then only ever serve as gather indices
+                x, k, v = layer.last_row(x, final, *self._rows(final, now, ts))
             else:
                 x, k, v = layer(x, rel, buckets, causal, blocks)
             cache += [k, v]
@@ -234,7 +232,7 @@ class HSTU(GenerativeRecommender):
         if timestamp is None:
             raise ValueError("HSTU needs a timestamp per step (the request time)")
         ts = timestamp.to(torch.int32)
-        ts_cache = cache[-1].scatter(1, position[:, None], ts[:, None])  # one ScatterElements on the input itself
+        ts_cache = write_at(cache[-1], ts[:, None], position, dim=1)
         rel, buckets = self._rows(position, ts, ts_cache)
         x = self._embed(new_item[:, None], position[:, None])
         out: list[torch.Tensor] = []

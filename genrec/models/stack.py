@@ -74,31 +74,24 @@ class SoftmaxBackbone(GenerativeRecommender):
         """ids (B, L), pos (B, L) -> input vectors (B, L, d)."""
 
     def encode(self, item_ids, lengths, timestamps=None, request_time=None):
+        return self._encode(item_ids, lengths, last_only=False)
+
+    def encode_last(self, item_ids, lengths, timestamps=None, request_time=None):
+        return self._encode(item_ids, lengths, last_only=True)
+
+    def _encode(self, item_ids, lengths, last_only: bool):
         b, t = item_ids.shape
         pos = torch.arange(t, device=item_ids.device)[None, :].expand(b, t)
         valid = (item_ids != 0).unsqueeze(-1).to(self.item_emb.weight.dtype)  # (B, T, 1)
         x = self.embed(item_ids, pos) * valid
         cache: list[torch.Tensor] = []
-        for blk in self.blocks:
-            x, k, v = blk(x, pos)
-            if self.mask_padding:
-                x = x * valid
-            cache += [k, v]
-        return self.final_norm(x), tuple(cache)
-
-    def encode_last(self, item_ids, lengths, timestamps=None, request_time=None):
-        b, t = item_ids.shape
-        pos = torch.arange(t, device=item_ids.device)[None, :].expand(b, t)
-        valid = (item_ids != 0).unsqueeze(-1).to(self.item_emb.weight.dtype)
-        x = self.embed(item_ids, pos) * valid
-        last = lengths.long() - 1
-        cache: list[torch.Tensor] = []
         for i, blk in enumerate(self.blocks):
-            if i < len(self.blocks) - 1:
-                x, k, v = blk(x, pos)
-                x = x * valid if self.mask_padding else x
+            if last_only and i == len(self.blocks) - 1:
+                x, k, v = blk.last_row(x, pos, lengths.long() - 1)  # (B, d): the row at length-1
             else:
-                x, k, v = blk.last_row(x, pos, last)  # (B, d)
+                x, k, v = blk(x, pos)
+                if self.mask_padding:
+                    x = x * valid
             cache += [k, v]
         return self.final_norm(x), tuple(cache)
 
