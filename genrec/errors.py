@@ -40,3 +40,12 @@ class MissingBackend(GenrecError):
 
 class ConfigError(GenrecError):
     """A model or run configuration is invalid (unknown key, impossible size)."""
+
+
+class RequestError(DataError):
+    """One request of a batch cannot be answered; ``index`` is its 0-based position in the
+    sequence the caller passed, so a streaming caller can name its input line or skip it."""
+
+    def __init__(self, message: str, index: int):
+        super().__init__(message)
+        self.index = index
