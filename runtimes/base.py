@@ -143,9 +143,11 @@ class BackendBase(abc.ABC):
 
     name: str = "base"
 
-    def __init__(self, dims: BundleDims, id_map: list[int]):
+    def __init__(self, dims: BundleDims, id_map: list[int], checkpoint_path: Path | None = None):
         self.dims = dims
         self.item_map = ItemMap.from_list(id_map)
+        self.checkpoint_path = checkpoint_path  # the weights behind the graphs (item_vectors)
+        self._item_vectors: np.ndarray | None = None
         if self.item_map.num_items != dims.num_items:
             raise BundleError(f"{self.name}: id map has {self.item_map.num_items} items, expected {dims.num_items}")
         self._closed = False
@@ -200,6 +202,23 @@ class BackendBase(abc.ABC):
         return StepOutput(out.topk_ids.astype(np.int64, copy=False),
                           out.topk_scores.astype(np.float32, copy=False),
                           out.log_z.astype(np.float32, copy=False), out.user_emb)
+
+    def item_vectors(self) -> np.ndarray:
+        """The head's item vectors, (N + 1, d) float32, row 0 padding: what every score is the
+        dot product of ``user_emb`` with. The decoding loop's exact path scores rows on the host
+        with them when a history excludes more items than the graph's top-K' can absorb.
+        Loaded once, on first use, from the checkpoint the graphs were exported from."""
+        if self._item_vectors is None:
+            if self.checkpoint_path is None:
+                raise ConfigError(f"{self.name} backend: no checkpoint to read item vectors from")
+            import torch
+
+            from genrec.checkpoint import load_checkpoint
+
+            with torch.inference_mode():
+                vec = load_checkpoint(self.checkpoint_path).model.item_vectors()
+            self._item_vectors = np.ascontiguousarray(vec.float().numpy())
+        return self._item_vectors
 
     # -- the public surface ------------------------------------------------------------------
     def prefill(self, batch: PrefillBatch) -> tuple[StepOutput, State]:

@@ -161,7 +161,7 @@ class OrtBackend(BackendBase):
         except ImportError as e:
             raise MissingBackend(f"onnxruntime backend: {e}; pip install onnxruntime") from None
         bundle = open_bundle(source)
-        super().__init__(BundleDims.from_bundle(bundle), bundle.id_map)
+        super().__init__(BundleDims.from_bundle(bundle), bundle.id_map, bundle.checkpoint_path)
         if provider not in PROVIDERS:
             raise ConfigError(f"onnxruntime provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
         ep, self._device = PROVIDERS[provider]

@@ -90,9 +90,16 @@ class TorchBackend(BackendBase):
                 batch_gears=tuple(sorted(batch_gears or DEFAULT_GEARS)),
                 needs_timestamps=ckpt.model.needs_timestamps, temperature=cfg.temperature)
             id_map = ckpt.id_map
-        super().__init__(dims, id_map)
+        super().__init__(dims, id_map, ckpt.path)
         self.device = torch_device(device)
         self.model = ckpt.model.to(self.device).eval()
+
+    def item_vectors(self) -> np.ndarray:
+        """The loaded model's own item vectors (no second read of the checkpoint)."""
+        if self._item_vectors is None:
+            with self._torch.inference_mode():
+                self._item_vectors = np.ascontiguousarray(self.model.item_vectors().float().cpu().numpy())
+        return self._item_vectors
 
     def _t(self, a: np.ndarray | None):
         return None if a is None else self._torch.from_numpy(a).to(self.device, self._torch.long)
