@@ -4,7 +4,7 @@
 """
 
 from .checks import DEFAULT_ATOL, DEFAULT_RTOL
-from .export import DEFAULT_GEARS, export_bundle
-from .graphs import GRAPHS, GraphDims
+from .export import DEFAULT_GEARS, export_bundle, resolve_dims
+from .graphs import GRAPHS
 
-__all__ = ["DEFAULT_ATOL", "DEFAULT_GEARS", "DEFAULT_RTOL", "GRAPHS", "GraphDims", "export_bundle"]
+__all__ = ["DEFAULT_ATOL", "DEFAULT_GEARS", "DEFAULT_RTOL", "GRAPHS", "export_bundle", "resolve_dims"]

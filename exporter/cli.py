@@ -63,18 +63,17 @@ def export_command(checkpoint, output, opset, max_history, max_new_items, topk, 
                                max_exclude=max_exclude,
                                rank_candidates=rank_candidates, batch_gears=batch_gears, target=target,
                                data=data, force=force, steps=steps, atol=atol, rtol=rtol, progress=say)
-    make_console().print(checks_table(bundle.manifest))
-    click.echo(f"wrote {output} ({bundle.arch}, T={bundle.max_history}, C={bundle.capacity}, "
-               f"K'={bundle.topk} (step {bundle.step_topk}), gears {','.join(map(str, bundle.batch_gears))}, "
-               f"opset {bundle.manifest['opset']})")
+    make_console().print(checks_table(bundle.manifest.checks))
+    click.echo(f"wrote {output} ({bundle.arch}, {bundle.dims}, opset {bundle.manifest.opset})")
+    click.echo(f"digest {bundle.digest}")
 
 
-def checks_table(manifest: dict) -> Table:
+def checks_table(checks) -> Table:
     """The export checks as a table: one row per graph and compared output."""
     table = Table(title="export checks")
     for col in ("graph", "check", "max abs", "max rel", "worst input"):
         table.add_column(col)
-    for c in manifest["checks"]:
+    for c in checks:
         if c["check"] == "numerics":
             for g, entry in c["graphs"].items():
                 for field, v in entry.items():
@@ -104,22 +103,27 @@ def inspect_command(bundle, target):
     b = load_bundle(bundle)
     m = b.manifest
     console = make_console()
-    console.print(f"[bold]{bundle}[/]: {b.arch}, {b.num_items:,} items, T={b.max_history}, C={b.capacity}, "
-                  f"K'={b.topk} (step {b.step_topk}), X={b.max_exclude}, M={b.rank_candidates}, gears {b.batch_gears}, "
-                  f"opset {m['opset']}, precisions {', '.join(b.precisions)}")
-    console.print(f"created {m.get('created_at')} with genrec {m.get('versions', {}).get('genrec')}, "
-                  f"torch {m.get('versions', {}).get('torch')}; sha256 verified for {len(m['files'])} files")
+    console.print(f"[bold]{bundle}[/]: {b.arch}, {b.dims.num_items:,} items, {b.dims}, opset {m.opset}, "
+                  f"precisions {', '.join(b.precisions)}", highlight=False)
+    console.print(f"digest {b.digest}", highlight=False)
+    console.print(f"created {m.created_at} with genrec {m.versions.get('genrec')}, torch {m.versions.get('torch')}; "
+                  f"sha256 verified for {len(m.files)} files; graphs, dims and model.pt cross-checked",
+                  highlight=False)
+    for tname, builds in m.targets.items():
+        for tb in builds:
+            console.print(f"target {tname}: {tb.soc} {tb.precision}, gears {list(tb.gears)}, "
+                          f"{', '.join(tb.graphs.values())}", highlight=False)
     failed = False
-    for name, spec in m["graphs"].items():
+    for name, spec in m.graphs.items():
         path = b.graph_path(name)
-        table = Table(title=f"{name}.onnx ({spec['exporter']}, {path.stat().st_size / 1e6:.2f} MB)")
+        table = Table(title=f"{name}.onnx ({spec.exporter}, {path.stat().st_size / 1e6:.2f} MB)")
         table.add_column("io")
         table.add_column("name")
         table.add_column("dtype")
         table.add_column("shape")
-        for io in ("inputs", "outputs"):
-            for v in spec[io]:
-                table.add_row(io[:-1], v["name"], v["dtype"], str(v["shape"]))
+        for io, specs in (("input", spec.inputs), ("output", spec.outputs)):
+            for v in specs:
+                table.add_row(io, v.name, v.dtype, str(list(v.shape)))
         console.print(table)
         model = onnx.load(str(path), load_external_data=False)
         ops = Counter(n.op_type for n in model.graph.node)

@@ -17,6 +17,7 @@ import logging
 import shutil
 import time
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,7 +25,8 @@ import numpy as np
 import torch
 
 from genrec.atomic import atomic_directory
-from genrec.bundle import Bundle, io_spec_from_onnx, load_bundle, write_manifest
+from genrec.bundle import Bundle, io_spec_from_onnx, load_bundle, tool_versions, write_manifest
+from genrec.manifest import Dims, GraphSpec, Manifest, TensorSpec
 from genrec.checkpoint import Checkpoint, load_checkpoint
 from genrec.errors import ExportError, GenrecError
 from genrec.models import GenerativeRecommender
@@ -32,7 +34,7 @@ from genrec.onnx_graph import castlike_to_cast, narrow_index_casts
 
 from . import atc_lint
 from .checks import DEFAULT_ATOL, DEFAULT_RTOL, Histories, numeric_check, ort_session, random_histories, structural_check
-from .graphs import GRAPHS, GraphDims, example_inputs
+from .graphs import GRAPHS, example_inputs
 
 TWO_GB = 2 * 1024 ** 3
 DEFAULT_GEARS = (1, 4, 16, 64)
@@ -45,7 +47,7 @@ STEP_TOPK = 32  # default top-K of the step graph: beams, greedy picks and sampl
 
 def resolve_dims(model: GenerativeRecommender, max_history: int | None, max_new_items: int | None,
                  topk: int, max_exclude: int | None, rank_candidates: int,
-                 step_topk: int | None = None) -> GraphDims:
+                 step_topk: int | None = None, batch_gears: tuple[int, ...] | list[int] = DEFAULT_GEARS) -> Dims:
     """Bundle sizes from flags, defaulting to the config; refuse what the model cannot hold."""
     cfg = model.config
     t = max_history or cfg.max_len
@@ -68,8 +70,19 @@ def resolve_dims(model: GenerativeRecommender, max_history: int | None, max_new_
     sk = min(topk, STEP_TOPK) if step_topk is None else step_topk
     if not 2 <= sk <= topk:
         raise ExportError(f"--step-topk {sk} must be between 2 and --topk {topk}")
-    return GraphDims(max_history=t, capacity=c, topk=topk, max_exclude=x, rank_candidates=rank_candidates,
-                     step_topk=sk)
+    gears = tuple(sorted({int(b) for b in batch_gears}))
+    if not gears or gears[0] < 1:
+        raise ExportError(f"--batch-gears {list(batch_gears)}: need positive batch sizes")
+    return Dims(arch=cfg.arch, num_items=cfg.num_items, max_history=t, capacity=c, topk=topk, step_topk=sk,
+                max_exclude=x, rank_candidates=rank_candidates, batch_gears=gears,
+                needs_timestamps=model.needs_timestamps, temperature=float(cfg.temperature),
+                d_model=cfg.d_model)
+
+
+def cache_specs(model: GenerativeRecommender, capacity: int) -> tuple[TensorSpec, ...]:
+    """The cache tensors as the graphs carry them (no batch axis; integer caches as int32)."""
+    return tuple(TensorSpec(n, "float32" if dt.is_floating_point else "int32", tuple(s))
+                 for n, s, dt in model.cache_shapes(capacity))
 
 
 def _quiet():
@@ -213,15 +226,14 @@ def export_bundle(checkpoint: str | Path, output: str | Path, *, opset: int = 18
         raise ExportError(f"--opset {opset} is not supported: choose 14..18 (ATC parses 11..18; torch emits 18)")
     if target not in ("onnxruntime", "ascend"):
         raise ExportError(f"--target {target!r}: choose onnxruntime or ascend")
-    gears = sorted({int(g) for g in batch_gears})
-    if not gears or gears[0] < 1:
-        raise ExportError(f"--batch-gears {batch_gears}: need positive batch sizes")
     output = Path(output)
     if output.exists() and not force:
         raise ExportError(f"{output} exists; pass --force to replace it")
     ckpt = load_checkpoint(checkpoint)
     model = ckpt.model.eval()
-    dims = resolve_dims(model, max_history, max_new_items, topk, max_exclude, rank_candidates, step_topk)
+    dims = resolve_dims(model, max_history, max_new_items, topk, max_exclude, rank_candidates, step_topk,
+                        batch_gears)
+    gears = list(dims.batch_gears)
     histories = load_histories(ckpt, data)
     checks: list[dict[str, Any]] = []
     graphs: dict[str, dict[str, Any]] = {}
@@ -264,12 +276,12 @@ def export_bundle(checkpoint: str | Path, output: str | Path, *, opset: int = 18
         say(f"numerics passed on {histories.source}")
         del sessions
         shutil.copyfile(checkpoint, tmp / "model.pt")
-        write_manifest(tmp, {
-            "arch": model.config.arch, "config": model.config.to_dict(), "num_items": model.config.num_items,
-            "max_history": dims.max_history, "capacity": dims.capacity, "topk": dims.topk, "step_topk": dims.step_k,
-            "max_exclude": dims.max_exclude, "rank_candidates": dims.rank_candidates,
-            "batch_gears": gears, "opset": opset, "precision": "fp32", "target": target,
-            "id_map": [int(i) for i in ckpt.id_map], "graphs": graphs, "source_checkpoint": "model.pt",
-            "checks": checks, "export_seconds": round(time.perf_counter() - t_start, 1),
-        })
+        write_manifest(tmp, Manifest(
+            arch=model.config.arch, config=model.config.to_dict(), dims=dims, opset=opset, precision="fp32",
+            target=target, id_map=tuple(int(i) for i in ckpt.id_map),
+            graphs={n: GraphSpec.from_dict(g, f"graphs.{n}") for n, g in graphs.items()},
+            cache=cache_specs(model, dims.capacity), source_checkpoint="model.pt", files={},
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), checks=tuple(checks),
+            versions=tool_versions(), extra={"export_seconds": round(time.perf_counter() - t_start, 1)}))
+        load_bundle(tmp)  # the full cross-check (files, graphs, model.pt) before the rename
     return load_bundle(output)

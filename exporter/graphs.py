@@ -11,29 +11,14 @@ timestamps input has no slot for when the history fills all T positions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from genrec.manifest import Dims
 from genrec.models import GenerativeRecommender
 
 
-@dataclass(frozen=True)
-class GraphDims:
-    """Static sizes of one bundle: history T, cache capacity C, top-K', exclusions X, candidates M,
-    and the step graph's own top-K (``step_topk``, 0: the same K')."""
-
-    max_history: int
-    capacity: int
-    topk: int
-    max_exclude: int
-    rank_candidates: int
-    step_topk: int = 0
-
-    @property
-    def step_k(self) -> int:
-        return self.step_topk or self.topk
+GraphDims = Dims  # the exporter's name for the bundle's one set of sizes (genrec.manifest.Dims)
 
 
 def cache_io_names(model: GenerativeRecommender) -> tuple[list[str], list[str]]:
@@ -48,7 +33,7 @@ def _cast_cache(model: GenerativeRecommender, cache) -> list[torch.Tensor]:
 
 
 class PrefillGraph(nn.Module):
-    def __init__(self, model: GenerativeRecommender, dims: GraphDims):
+    def __init__(self, model: GenerativeRecommender, dims: Dims):
         super().__init__()
         self.model, self.dims = model, dims
 
@@ -71,7 +56,7 @@ class PrefillGraph(nn.Module):
 
 
 class StepGraph(nn.Module):
-    def __init__(self, model: GenerativeRecommender, dims: GraphDims):
+    def __init__(self, model: GenerativeRecommender, dims: Dims):
         super().__init__()
         self.model, self.dims = model, dims
 
@@ -90,12 +75,12 @@ class StepGraph(nn.Module):
             timestamp, (exclude_ids, *cache) = None, rest
         assert len(cache) == n
         user, cache = self.model.step(new_item, position, timestamp, tuple(cache))
-        ids, scores, log_z = self.model.score(user, exclude_ids, self.dims.step_k)
+        ids, scores, log_z = self.model.score(user, exclude_ids, self.dims.step_topk)
         return (user, ids.to(torch.int32), scores, log_z, *_cast_cache(self.model, cache))
 
 
 class RankGraph(nn.Module):
-    def __init__(self, model: GenerativeRecommender, dims: GraphDims):
+    def __init__(self, model: GenerativeRecommender, dims: Dims):
         super().__init__()
         self.model, self.dims = model, dims
 
@@ -117,7 +102,7 @@ class RankGraph(nn.Module):
 GRAPHS = {"prefill": PrefillGraph, "step": StepGraph, "rank": RankGraph}
 
 
-def example_inputs(model: GenerativeRecommender, dims: GraphDims, name: str, batch: int = 3,
+def example_inputs(model: GenerativeRecommender, dims: Dims, name: str, batch: int = 3,
                    seed: int = 0) -> tuple[torch.Tensor, ...]:
     """Valid example inputs for tracing: no axis of size 0 or 1 (torch.export would freeze it)."""
     g = torch.Generator().manual_seed(seed)

@@ -1,15 +1,23 @@
-"""Bundle manifest and a loader that verifies before anything runs.
+"""Open a bundle only once everything in it agrees: manifest, files, graphs and checkpoint.
 
-A bundle is a directory (see ARCHITECTURE.md section 4): ONNX graphs, optional quantised
-variants and OM files, a copy of the checkpoint, and ``manifest.json`` describing all of it.
-Runtimes read every size, name and shape from the manifest, so a manifest that disagrees with
-the files next to it would make them fail far from the cause, or worse, silently compute the
-wrong thing. ``load_bundle`` therefore refuses a bundle unless the manifest is well formed,
-every file is listed with a matching sha256 (nothing missing, nothing extra, nothing
-tampered), and each graph's inputs and outputs match the manifest's IO contract.
+A bundle is a directory (ARCHITECTURE.md §4): ONNX graphs, optional variants and target
+builds, the source checkpoint ``model.pt``, and ``manifest.json`` (``genrec.manifest``, the
+typed ``Manifest``). Runtimes take every size, name and shape from the manifest, and
+``manifest.json`` is the one file a sha256 list cannot protect: it *is* the list. So opening a
+bundle (``load_bundle``) cross-checks the manifest against what it describes, and refuses by
+name anything that disagrees:
 
-``io_spec_from_onnx`` is the single definition of that contract: the exporter writes the
-manifest from it and the loader checks against it.
+- files: every file listed with a matching sha256, nothing missing, nothing extra, no links;
+- graphs: each graph's IO equals the manifest's, and every size the graphs carry equals the
+  manifest's dims (``manifest says X=256, step.onnx exclude_ids has 10``): T, C, K', step K, X,
+  M, d, the item table's N + 1 rows, the cache shapes, and the opset;
+- checkpoint: arch, config and id map equal model.pt's, model.pt's cache shapes equal the
+  graphs', and its item embeddings are the ones inside prefill.onnx (another valid checkpoint
+  swapped in, hashes updated, is refused).
+
+The bundle digest (``Bundle.digest``, the sha256 of the manifest's canonical content) is
+computed here on every open, printed by ``genrec inspect`` and pinned with
+``--expect-digest``; an edited manifest gets a new digest *and* still has to pass the checks.
 """
 
 from __future__ import annotations
@@ -17,41 +25,29 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from genrec.atomic import atomic_file
-from genrec.errors import BundleError
+from genrec.errors import BundleError, CheckpointError
+from genrec.manifest import (GRAPH_NAMES, SCHEMA, SCHEMA_VERSION, Dims, GraphSpec, Manifest, TargetBuild,
+                             TensorSpec, Variant)
 
-if TYPE_CHECKING:  # onnx is imported lazily: reading a manifest must not need it
+if TYPE_CHECKING:  # onnx and torch are imported lazily: reading a manifest needs neither
     import onnx
 
+    from genrec.checkpoint import Checkpoint
+
 __all__ = [
-    "GRAPH_NAMES",
-    "MANIFEST_NAME",
-    "SCHEMA",
-    "SCHEMA_VERSION",
-    "Bundle",
-    "build_files_index",
-    "io_spec_from_onnx",
-    "load_bundle",
-    "sha256_file",
-    "tool_versions",
-    "validate_manifest",
-    "write_manifest",
+    "GRAPH_NAMES", "MANIFEST_NAME", "SCHEMA", "SCHEMA_VERSION", "Bundle", "Dims", "GraphSpec", "Manifest",
+    "TargetBuild", "TensorSpec", "Variant", "build_files_index", "io_spec_from_onnx", "load_bundle",
+    "sha256_file", "tool_versions", "validate_manifest", "write_manifest",
 ]
 
-SCHEMA = "genrec.bundle"
-SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-GRAPH_NAMES = ("prefill", "step", "rank")
-EXPORTERS = ("dynamo", "torchscript")
-
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
 
 
@@ -79,9 +75,7 @@ def _walk_files(bundle_dir: Path) -> list[str]:
             if rel != MANIFEST_NAME:
                 out.append(rel)
         # a symlinked directory is not descended into by os.walk; list it so it is refused
-        for d in dirs:
-            if (Path(root) / d).is_symlink():
-                out.append((rel_root / d).as_posix())
+        out.extend((rel_root / d).as_posix() for d in dirs if (Path(root) / d).is_symlink())
     return sorted(out)
 
 
@@ -98,13 +92,8 @@ def tool_versions() -> dict[str, str | None]:
     from importlib import metadata
 
     out: dict[str, str | None] = {}
-    for key, dist in (
-        ("genrec", "genrec-deploy"),
-        ("torch", "torch"),
-        ("onnx", "onnx"),
-        ("onnxruntime", "onnxruntime"),
-        ("onnxscript", "onnxscript"),
-    ):
+    for key, dist in (("genrec", "genrec-deploy"), ("torch", "torch"), ("onnx", "onnx"),
+                      ("onnxruntime", "onnxruntime"), ("onnxscript", "onnxscript")):
         try:
             out[key] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -114,7 +103,7 @@ def tool_versions() -> dict[str, str | None]:
 
 
 # --------------------------------------------------------------------------------------------
-# the IO contract
+# what a graph file says about itself
 
 
 def _dtype_name(elem_type: int) -> str:
@@ -145,367 +134,218 @@ def _value_spec(vi: onnx.ValueInfoProto, where: str) -> dict[str, Any]:
     return {"name": vi.name, "dtype": _dtype_name(tt.elem_type), "shape": shape}
 
 
-def io_spec_from_onnx(
-    model_or_path: onnx.ModelProto | str | os.PathLike[str],
-) -> dict[str, list[dict[str, Any]]]:
-    """The graph's IO contract: ``{"inputs": [...], "outputs": [...]}`` of name/dtype/shape.
-
-    Initializers that are also listed as graph inputs (old IR style) are not part of the
-    contract. Dtypes are numpy names, shapes lists of ints and symbolic names (strings).
-    External weights are not loaded, so this is cheap even for multi-GB graphs.
-    """
+def _load_onnx(model_or_path: onnx.ModelProto | str | os.PathLike[str]) -> tuple[onnx.ModelProto, str]:
     import onnx
 
     if isinstance(model_or_path, onnx.ModelProto):
-        model, where = model_or_path, "graph"
-    else:
-        where = str(model_or_path)
-        try:
-            model = onnx.load(os.fspath(model_or_path), load_external_data=False)
-        except Exception as e:  # noqa: BLE001 - protobuf raises assorted types
-            raise BundleError(f"{where}: not a readable ONNX file ({e})") from None
+        return model_or_path, "graph"
+    where = str(model_or_path)
+    try:
+        return onnx.load(os.fspath(model_or_path), load_external_data=False), where
+    except Exception as e:  # noqa: BLE001 - protobuf raises assorted types
+        raise BundleError(f"{where}: not a readable ONNX file ({e})") from None
+
+
+def io_spec_from_onnx(model_or_path: onnx.ModelProto | str | os.PathLike[str]) -> dict[str, list[dict[str, Any]]]:
+    """The graph's IO contract: ``{"inputs": [...], "outputs": [...]}`` of name/dtype/shape.
+
+    Initializers that are also listed as graph inputs (old IR style) are not part of the
+    contract. External weights are not loaded, so this is cheap even for multi-GB graphs.
+    """
+    model, where = _load_onnx(model_or_path)
+    return _io(model, where)
+
+
+def _io(model: onnx.ModelProto, where: str) -> dict[str, list[dict[str, Any]]]:
     g = model.graph
     inits = {t.name for t in g.initializer}
-    return {
-        "inputs": [_value_spec(v, where) for v in g.input if v.name not in inits],
-        "outputs": [_value_spec(v, where) for v in g.output],
-    }
+    return {"inputs": [_value_spec(v, where) for v in g.input if v.name not in inits],
+            "outputs": [_value_spec(v, where) for v in g.output]}
+
+
+def _opset(model: onnx.ModelProto) -> int | None:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def _item_table(model: onnx.ModelProto, d_model: int):
+    """The initializer holding the item table: 2-D float, d columns, the most rows (the
+    exporter keeps torch's name ``model.item_emb.weight``, which wins when present)."""
+    import onnx
+
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+              onnx.TensorProto.DOUBLE}
+    named = [t for t in model.graph.initializer if t.name.endswith("item_emb.weight")]
+    if named:
+        return named[0]
+    tables = [t for t in model.graph.initializer
+              if len(t.dims) == 2 and t.dims[1] == d_model and t.data_type in floats]
+    return max(tables, key=lambda t: t.dims[0], default=None)
 
 
 def _contract_diff(expected: dict[str, Any], actual: dict[str, Any]) -> str | None:
     """First difference between a manifest IO spec and a graph's, as a sentence; None if equal."""
     for kind in ("inputs", "outputs"):
         exp, act = expected.get(kind, []), actual[kind]
-        exp_names = [e["name"] for e in exp]
-        act_names = [a["name"] for a in act]
+        exp_names, act_names = [e["name"] for e in exp], [a["name"] for a in act]
         if exp_names != act_names:
             return f"{kind} are {act_names} in the graph but {exp_names} in the manifest"
         for e, a in zip(exp, act):
-            for field in ("dtype", "shape"):
-                if _as_list(e[field]) != _as_list(a[field]):
-                    return (
-                        f"{kind[:-1]} {e['name']!r} has {field} {a[field]} in the graph "
-                        f"but {e[field]} in the manifest"
-                    )
+            for fld in ("dtype", "shape"):
+                if _norm(e[fld]) != _norm(a[fld]):
+                    return (f"{kind[:-1]} {e['name']!r} has {fld} {a[fld]} in the graph "
+                            f"but {e[fld]} in the manifest")
     return None
 
 
-def _as_list(x: Any) -> Any:
-    """Normalise tuples to lists so JSON-loaded and freshly built specs compare equal."""
-    return list(x) if isinstance(x, tuple) else x
+def _norm(x: Any) -> Any:
+    return list(x) if isinstance(x, (list, tuple)) else x
 
 
 # --------------------------------------------------------------------------------------------
-# manifest validation
-
-_REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "schema": str,
-    "schema_version": int,
-    "arch": str,
-    "config": dict,
-    "num_items": int,
-    "max_history": int,
-    "capacity": int,
-    "topk": int,
-    "max_exclude": int,
-    "rank_candidates": int,
-    "batch_gears": list,
-    "opset": int,
-    "precision": str,
-    "id_map": list,
-    "graphs": dict,
-    "source_checkpoint": str,
-    "files": dict,
-    "checks": list,
-    "versions": dict,
-    "created_at": str,
-}
+# the sizes a graph must carry, from the manifest's dims
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+def expected_io(m: Manifest, graph: str) -> tuple[dict[str, tuple[str, tuple]], dict[str, tuple[str, tuple]]]:
+    """(inputs, outputs) of ``graph`` as name -> (label, shape without batch), from the dims.
+
+    The label names the dim in a refusal (``X=256``), so a message says which manifest value
+    the graph contradicts."""
+    d, ts = m.dims, m.dims.needs_timestamps
+    cache = {c.name: c.shape for c in m.cache}
+    past = {f"past_{n}": (f"cache {n}", s) for n, s in cache.items()}
+    present = {f"present_{n}": (f"cache {n}", s) for n, s in cache.items()}
+    user = {"user_emb": ("d", (d.d_model,))}
+    one = ("", ())
+    if graph == "prefill":
+        ins = {"item_ids": ("T", (d.max_history,)), "lengths": one,
+               **({"timestamps": ("T", (d.max_history,)), "request_time": one} if ts else {}),
+               "exclude_ids": ("X", (d.max_exclude,))}
+        outs = {**user, "topk_ids": ("K'", (d.topk,)), "topk_scores": ("K'", (d.topk,)), "log_z": one, **present}
+    elif graph == "step":
+        ins = {"new_item": one, "position": one, **({"timestamp": one} if ts else {}),
+               "exclude_ids": ("X", (d.max_exclude,)), **past}
+        outs = {**user, "topk_ids": ("step K", (d.step_topk,)), "topk_scores": ("step K", (d.step_topk,)),
+                "log_z": one, **present}
+    else:
+        ins = {"candidates": ("M", (d.rank_candidates,)), "position": one, **({"timestamp": one} if ts else {}),
+               **past}
+        outs = {"scores": ("M", (d.rank_candidates,))}
+    return ins, outs
 
 
-def _type_ok(x: Any, want: type | tuple[type, ...]) -> bool:
-    return _is_int(x) if want is int else isinstance(x, want)
-
-
-def _check_relpath(rel: Any, field: str) -> None:
-    if not isinstance(rel, str) or not rel:
-        raise BundleError(f"manifest field {field}: expected a relative path, got {rel!r}")
-    p = PurePosixPath(rel)
-    if p.is_absolute() or ".." in p.parts or "\\" in rel:
-        raise BundleError(f"manifest field {field}: {rel!r} must stay inside the bundle")
-
-
-def _validate_io_list(items: Any, field: str) -> None:
-    if not isinstance(items, list):
-        raise BundleError(f"manifest field {field}: expected a list, got {type(items).__name__}")
-    for i, e in enumerate(items):
-        f = f"{field}[{i}]"
-        if not isinstance(e, dict):
-            raise BundleError(f"manifest field {f}: expected an object")
-        for k in ("name", "dtype", "shape"):
-            if k not in e:
-                raise BundleError(f"manifest field {f}: missing {k!r}")
-        if not isinstance(e["name"], str) or not e["name"]:
-            raise BundleError(f"manifest field {f}.name: expected a non-empty string")
-        if not isinstance(e["dtype"], str) or not e["dtype"]:
-            raise BundleError(f"manifest field {f}.dtype: expected a dtype name like 'int32'")
-        shape = e["shape"]
-        if not isinstance(shape, list) or not all(
-            (_is_int(d) and d >= 0) or (isinstance(d, str) and d) for d in shape
-        ):
-            raise BundleError(
-                f"manifest field {f}.shape: expected a list of ints and symbolic names, got {shape!r}"
-            )
-
-
-def _validate_graphs(graphs: Any, field: str) -> None:
-    if not isinstance(graphs, dict) or not graphs:
-        raise BundleError(f"manifest field {field}: expected a non-empty object of graphs")
-    for name, spec in graphs.items():
-        f = f"{field}.{name}"
-        if name not in GRAPH_NAMES:
-            raise BundleError(f"manifest field {f}: unknown graph (expected one of {GRAPH_NAMES})")
-        if not isinstance(spec, dict):
-            raise BundleError(f"manifest field {f}: expected an object")
-        for k in ("file", "exporter", "inputs", "outputs"):
-            if k not in spec:
-                raise BundleError(f"manifest field {f}: missing {k!r}")
-        _check_relpath(spec["file"], f"{f}.file")
-        if spec["exporter"] not in EXPORTERS:
-            raise BundleError(
-                f"manifest field {f}.exporter: {spec['exporter']!r} is not one of {EXPORTERS}"
-            )
-        _validate_io_list(spec["inputs"], f"{f}.inputs")
-        _validate_io_list(spec["outputs"], f"{f}.outputs")
-
-
-def validate_manifest(d: Any) -> None:
-    """Check schema, required keys and their types; raise BundleError naming the bad field.
-
-    Unknown extra keys are allowed (a newer writer may add informational fields), but every
-    key a runtime relies on must be present and well typed.
-    """
-    if not isinstance(d, dict):
-        raise BundleError(f"manifest: expected a JSON object, got {type(d).__name__}")
-    if d.get("schema") != SCHEMA:
-        raise BundleError(f"manifest field schema: expected {SCHEMA!r}, got {d.get('schema')!r}")
-    if d.get("schema_version") != SCHEMA_VERSION or not _is_int(d.get("schema_version")):
-        raise BundleError(
-            f"manifest field schema_version: this genrec reads version {SCHEMA_VERSION}, got "
-            f"{d.get('schema_version')!r}; re-export the bundle with this genrec version"
-        )
-    for key, want in _REQUIRED.items():
-        if key not in d:
-            raise BundleError(f"manifest: missing required field {key!r}")
-        if not _type_ok(d[key], want):
-            name = want.__name__ if isinstance(want, type) else want
-            raise BundleError(
-                f"manifest field {key}: expected {name}, got {type(d[key]).__name__}"
-            )
-    for key in ("num_items", "max_history", "capacity", "topk", "rank_candidates", "opset"):
-        if d[key] < 1:
-            raise BundleError(f"manifest field {key}: must be >= 1, got {d[key]}")
-    sk = d.get("step_topk")
-    if sk is not None and not (_is_int(sk) and 1 <= sk <= d["topk"]):
-        raise BundleError(f"manifest field step_topk: expected an int in 1..topk ({d['topk']}), got {sk!r}")
-    if d["max_exclude"] < 0:
-        raise BundleError(f"manifest field max_exclude: must be >= 0, got {d['max_exclude']}")
-    gears = d["batch_gears"]
-    if not gears or not all(_is_int(g) and g >= 1 for g in gears) or len(set(gears)) != len(gears):
-        raise BundleError(
-            f"manifest field batch_gears: expected distinct positive ints, got {gears!r}"
-        )
-    id_map = d["id_map"]
-    if not all(_is_int(x) for x in id_map):
-        raise BundleError("manifest field id_map: expected a list of ints")
-    if len(id_map) != d["num_items"]:
-        raise BundleError(
-            f"manifest field id_map: has {len(id_map)} entries but num_items is {d['num_items']}"
-        )
-    if len(set(id_map)) != len(id_map):
-        raise BundleError("manifest field id_map: raw ids must be unique")
-    _validate_graphs(d["graphs"], "graphs")
-    variants = d.get("variants")
-    if variants is not None:
-        if not isinstance(variants, dict):
-            raise BundleError("manifest field variants: expected an object or null")
-        for prec, v in variants.items():
-            f = f"variants.{prec}"
-            if prec == d["precision"]:
-                raise BundleError(f"manifest field {f}: duplicates the base precision")
-            if not isinstance(v, dict):
-                raise BundleError(f"manifest field {f}: expected an object")
-            for k in ("dir", "graphs"):
-                if k not in v:
-                    raise BundleError(f"manifest field {f}: missing {k!r}")
-            _check_relpath(v["dir"], f"{f}.dir")
-            _validate_graphs(v["graphs"], f"{f}.graphs")
-            if "gate" in v and v["gate"] is not None and not isinstance(v["gate"], dict):
-                raise BundleError(f"manifest field {f}.gate: expected an object")
-    _check_relpath(d["source_checkpoint"], "source_checkpoint")
-    for rel, digest in d["files"].items():
-        _check_relpath(rel, "files")
-        if not isinstance(digest, str) or not _HEX64.match(digest):
-            raise BundleError(f"manifest field files[{rel!r}]: expected a sha256 hex digest")
-    if not all(isinstance(c, dict) for c in d["checks"]):
-        raise BundleError("manifest field checks: expected a list of objects")
-    if "parity" not in d:
-        raise BundleError("manifest: missing required field 'parity' (null when not run)")
-    if d["parity"] is not None and not isinstance(d["parity"], dict):
-        raise BundleError("manifest field parity: expected an object or null")
-    try:
-        datetime.fromisoformat(d["created_at"])
-    except ValueError:
-        raise BundleError(
-            f"manifest field created_at: {d['created_at']!r} is not an ISO 8601 timestamp"
-        ) from None
+def _check_dims(m: Manifest, graph: str, rel: str, io: dict[str, list[dict[str, Any]]]) -> None:
+    """Every size the graph's IO carries equals the manifest's; BundleError naming both."""
+    exp_in, exp_out = expected_io(m, graph)
+    for kind, exp in (("inputs", exp_in), ("outputs", exp_out)):
+        actual = {v["name"]: v["shape"] for v in io[kind]}
+        if set(actual) != set(exp):
+            missing, extra = sorted(set(exp) - set(actual)), sorted(set(actual) - set(exp))
+            raise BundleError(f"manifest says {m.arch} with {len(m.cache)} cache tensors, so {rel} should have "
+                              f"{kind} {sorted(exp)}; missing {missing}, unexpected {extra}")
+        for name, (label, shape) in exp.items():
+            got = actual[name]
+            if not got or not isinstance(got[0], str):
+                raise BundleError(f"{rel} {name} has a fixed batch axis {got[:1]}; batch must be the one "
+                                  "dynamic axis")
+            if list(got[1:]) != list(shape):
+                said = (f"{label}={shape[0]}" if len(shape) == 1 and not label.startswith("cache")
+                        else f"{label} {list(shape)}" if label else f"shape {list(shape)}")
+                has = got[1] if len(got) == 2 and len(shape) == 1 else list(got[1:])
+                raise BundleError(f"manifest says {said}, {rel} {name} has {has}")
 
 
 # --------------------------------------------------------------------------------------------
 # the bundle
 
 
-def _variant_file(variant: dict[str, Any], file: str) -> str:
-    """Root-relative path of a variant graph; ``file`` is relative to the variant's ``dir``."""
-    d = variant["dir"].rstrip("/")
-    return file if file.startswith(d + "/") else f"{d}/{file}"
-
-
 @dataclass
 class Bundle:
-    """A loaded bundle: its directory and its (validated) manifest."""
+    """An opened bundle: its directory and its typed manifest (``load_bundle`` verifies it)."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
+    _checkpoint: Checkpoint | None = field(default=None, repr=False)
 
-    # -- manifest fields ---------------------------------------------------------------------
+    # -- what runtimes read ------------------------------------------------------------------
+    @property
+    def dims(self) -> Dims:
+        return self.manifest.dims
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the manifest's canonical content (``Manifest.digest``): computed, not stored."""
+        return self.manifest.digest
+
     @property
     def arch(self) -> str:
-        return self.manifest["arch"]
+        return self.manifest.arch
 
     @property
     def config(self) -> dict[str, Any]:
-        return self.manifest["config"]
-
-    @property
-    def num_items(self) -> int:
-        return self.manifest["num_items"]
-
-    @property
-    def max_history(self) -> int:
-        """T: history length the graphs were exported for."""
-        return self.manifest["max_history"]
-
-    @property
-    def capacity(self) -> int:
-        """C: KV-cache capacity."""
-        return self.manifest["capacity"]
-
-    @property
-    def topk(self) -> int:
-        """K': candidates returned per prefill (the step graph returns ``step_topk``)."""
-        return self.manifest["topk"]
-
-    @property
-    def step_topk(self) -> int:
-        """The step graph's top-K (bundles before it existed: K')."""
-        return self.manifest.get("step_topk") or self.manifest["topk"]
-
-    @property
-    def max_exclude(self) -> int:
-        """X: width of the exclude-ids input."""
-        return self.manifest["max_exclude"]
-
-    @property
-    def rank_candidates(self) -> int:
-        """M: candidates scored by the rank graph."""
-        return self.manifest["rank_candidates"]
-
-    @property
-    def batch_gears(self) -> list[int]:
-        return list(self.manifest["batch_gears"])
+        return self.manifest.config
 
     @property
     def id_map(self) -> list[int]:
         """Raw item ids in internal order: internal id ``i + 1`` is raw id ``id_map[i]``."""
-        return self.manifest["id_map"]
+        return list(self.manifest.id_map)
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.path / self.manifest["source_checkpoint"]
+        return self.path / self.manifest.source_checkpoint
 
     @property
     def precisions(self) -> list[str]:
-        """Base precision first, then the variants' (sorted)."""
-        return [self.manifest["precision"], *sorted(self.manifest.get("variants") or {})]
+        return self.manifest.precisions
 
-    # -- graphs ------------------------------------------------------------------------------
-    def _graph_entry(self, name: str, precision: str) -> tuple[str, dict[str, Any]]:
-        """(root-relative file, spec) for one graph at one precision."""
-        if precision == self.manifest["precision"]:
-            graphs = self.manifest["graphs"]
-            spec = graphs.get(name)
-            rel = spec["file"] if spec is not None else ""
-        else:
-            variants = self.manifest.get("variants") or {}
-            if precision not in variants:
-                raise BundleError(
-                    f"bundle {self.path}: no {precision!r} variant (available: "
-                    f"{', '.join(self.precisions)})"
-                )
-            graphs = variants[precision]["graphs"]
-            spec = graphs.get(name)
-            rel = _variant_file(variants[precision], spec["file"]) if spec is not None else ""
-        if spec is None:
-            raise BundleError(
-                f"bundle {self.path}: no {name!r} graph at {precision} (available: "
-                f"{', '.join(sorted(graphs))})"
-            )
-        return rel, spec
+    def graph_path(self, name: str, precision: str | None = None) -> Path:
+        """Path of graph ``name`` ("prefill", "step", "rank") at ``precision`` (default: base)."""
+        return self.path / self._entry(name, precision)[0]
 
-    def graph_path(self, name: str, precision: str = "fp32") -> Path:
-        """Path of graph ``name`` ("prefill", "step", "rank") at ``precision``."""
-        return self.path / self._graph_entry(name, precision)[0]
+    def graph_spec(self, name: str, precision: str | None = None) -> GraphSpec:
+        """The manifest's entry for one graph: file, exporter, inputs and outputs."""
+        return self._entry(name, precision)[1]
 
-    def graph_spec(self, name: str, precision: str = "fp32") -> dict[str, Any]:
-        """Manifest entry of a graph: file, exporter, inputs and outputs (name/dtype/shape)."""
-        return self._graph_entry(name, precision)[1]
+    def _entry(self, name: str, precision: str | None) -> tuple[str, GraphSpec]:
+        try:
+            return self.manifest.graph_entry(name, precision)
+        except BundleError as e:
+            raise BundleError(f"bundle {self.path}: {e}") from None
 
-    def graph_files(self) -> list[tuple[str, str, str]]:
-        """Every graph as (precision, name, root-relative file)."""
-        out = []
-        for prec in self.precisions:
-            graphs = (
-                self.manifest["graphs"]
-                if prec == self.manifest["precision"]
-                else self.manifest["variants"][prec]["graphs"]
-            )
-            out.extend((prec, name, self._graph_entry(name, prec)[0]) for name in graphs)
-        return out
+    def checkpoint(self) -> Checkpoint:
+        """The source checkpoint, loaded once (``weights_only``) and kept for this bundle."""
+        if self._checkpoint is None:
+            from genrec.checkpoint import load_checkpoint
+
+            self._checkpoint = load_checkpoint(self.checkpoint_path)
+        return self._checkpoint
+
+    def release_checkpoint(self) -> None:
+        """Drop the loaded checkpoint (a backend that does not run torch needs no second copy
+        of the weights in memory); ``checkpoint()`` loads it again if asked."""
+        self._checkpoint = None
 
     # -- verification ------------------------------------------------------------------------
     def verify(self) -> None:
-        """Check files (complete, nothing extra, sha256) and each graph's IO contract."""
-        where = f"bundle {self.path}"
-        listed: dict[str, str] = self.manifest["files"]
+        """Files, then graphs against the manifest, then the manifest against model.pt."""
+        self.verify_files()
+        tables = self.verify_graphs()
+        self.verify_checkpoint(tables)
+
+    def verify_files(self) -> None:
+        """Every listed file present, a regular file, with its sha256; nothing unlisted."""
+        where, m = f"bundle {self.path}", self.manifest
+        listed = m.files
         present = set(_walk_files(self.path))
         for rel in sorted(listed):
             if rel not in present:
-                raise BundleError(
-                    f"{where}: file {rel!r} is listed in manifest.json but missing; "
-                    "the bundle is incomplete, re-export it"
-                )
+                raise BundleError(f"{where}: file {rel!r} is listed in manifest.json but missing; "
+                                  "the bundle is incomplete, re-export it")
         extra = sorted(present - set(listed))
         if extra:
-            raise BundleError(
-                f"{where}: unexpected file {extra[0]!r} not listed in manifest.json"
-                + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
-                + "; remove it or re-export the bundle"
-            )
-        for rel in [self.manifest["source_checkpoint"]] + [f for _, _, f in self.graph_files()]:
+            raise BundleError(f"{where}: unexpected file {extra[0]!r} not listed in manifest.json"
+                              + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+                              + "; remove it or re-export the bundle")
+        for rel in m.referenced_files():
             if rel not in listed:
                 raise BundleError(f"{where}: file {rel!r} is referenced but not listed in files")
         for rel in sorted(listed):
@@ -514,71 +354,156 @@ class Bundle:
                 raise BundleError(f"{where}: {rel!r} must be a regular file, not a link or folder")
             actual = sha256_file(p)
             if actual != listed[rel]:
-                raise BundleError(
-                    f"{where}: file {rel!r} sha256 mismatch (manifest {listed[rel][:12]}..., "
-                    f"actual {actual[:12]}...): tampered with or corrupted; re-export the bundle"
-                )
-        self.verify_io_contract()
+                raise BundleError(f"{where}: file {rel!r} sha256 mismatch (manifest {listed[rel][:12]}..., "
+                                  f"actual {actual[:12]}...): tampered with or corrupted; re-export the bundle")
 
-    def verify_io_contract(self) -> None:
-        """Each graph's ONNX inputs/outputs (names, dtypes, shapes) equal the manifest's."""
-        for prec, name, rel in self.graph_files():
-            spec = self.graph_spec(name, prec)
-            actual = io_spec_from_onnx(self.path / rel)
-            diff = _contract_diff(spec, actual)
+    def verify_graphs(self) -> dict[str, Any]:
+        """Each graph's IO equals the manifest's, its sizes equal the dims, its opset the
+        manifest's, and the base prefill graph holds an (N + 1, d) item table. Returns the
+        base graphs' item tables (TensorProto, data not loaded) for the checkpoint check."""
+        m, tables = self.manifest, {}
+        for prec, name, rel in m.graph_files():
+            model, _ = _load_onnx(self.path / rel)
+            io = _io(model, str(self.path / rel))
+            diff = _contract_diff(self.manifest.graph_entry(name, prec)[1].io(), io)
             if diff:
-                raise BundleError(
-                    f"bundle {self.path}: IO contract mismatch in {rel!r} ({name}, {prec}): "
-                    f"{diff}; re-export the bundle"
-                )
+                raise BundleError(f"bundle {self.path}: IO contract mismatch in {rel!r} ({name}, {prec}): "
+                                  f"{diff}; re-export the bundle")
+            try:
+                _check_dims(m, name, rel, io)
+            except BundleError as e:
+                raise BundleError(f"bundle {self.path}: {e}") from None
+            opset = _opset(model)
+            if opset != m.opset:
+                raise BundleError(f"bundle {self.path}: manifest says opset {m.opset}, {rel} imports "
+                                  f"ai.onnx opset {opset}")
+            if prec == m.precision and name == "prefill":
+                table = _item_table(model, m.dims.d_model)
+                rows = None if table is None else list(table.dims)
+                if rows != [m.dims.num_items + 1, m.dims.d_model]:
+                    raise BundleError(f"bundle {self.path}: manifest says num_items={m.dims.num_items} and "
+                                      f"d={m.dims.d_model}, {rel} holds an item table of shape {rows} "
+                                      f"(expected [{m.dims.num_items + 1}, {m.dims.d_model}])")
+                tables[rel] = table
+        return tables
+
+    def verify_checkpoint(self, tables: dict[str, Any] | None = None) -> None:
+        """arch, config, id map, cache shapes and item embeddings equal model.pt's."""
+        m, where = self.manifest, f"bundle {self.path}"
+        try:
+            ckpt = self.checkpoint()
+        except CheckpointError as e:
+            raise BundleError(f"{where}: {m.source_checkpoint}: {e}") from None
+        cfg = ckpt.config.to_dict()
+        if ckpt.config.arch != m.arch:
+            raise BundleError(f"{where}: manifest says arch={m.arch}, {m.source_checkpoint} is {ckpt.config.arch}")
+        for key in sorted(set(cfg) | set(m.config)):
+            if cfg.get(key, "(absent)") != m.config.get(key, "(absent)"):
+                raise BundleError(f"{where}: manifest says config.{key}={m.config.get(key, '(absent)')!r}, "
+                                  f"{m.source_checkpoint} has {cfg.get(key, '(absent)')!r}")
+        raw = [int(i) for i in ckpt.id_map]
+        if raw != list(m.id_map):
+            at = next((i for i, (a, b) in enumerate(zip(raw, m.id_map)) if a != b), min(len(raw), len(m.id_map)))
+            raise BundleError(f"{where}: manifest's id_map differs from {m.source_checkpoint}'s "
+                              f"({len(m.id_map)} vs {len(raw)} ids; first difference at internal id {at + 1})")
+        if m.dims.d_model != ckpt.config.d_model:
+            raise BundleError(f"{where}: manifest says d={m.dims.d_model}, {m.source_checkpoint} has "
+                              f"d_model {ckpt.config.d_model}")
+        if m.dims.needs_timestamps != ckpt.model.needs_timestamps:
+            raise BundleError(f"{where}: the graphs {'take' if m.dims.needs_timestamps else 'lack'} timestamps "
+                              f"but {m.source_checkpoint} is {ckpt.config.arch}")
+        try:
+            shapes = ckpt.model.cache_shapes(m.dims.capacity)
+        except ValueError as e:  # the model's position table cannot hold C slots
+            raise BundleError(f"{where}: manifest says C={m.dims.capacity}, {m.source_checkpoint}: {e}") from None
+        want = [TensorSpec(n, "float32" if dt.is_floating_point else "int32", tuple(s)) for n, s, dt in shapes]
+        if list(m.cache) != want:
+            raise BundleError(f"{where}: manifest says cache {[(c.name, list(c.shape)) for c in m.cache]}, "
+                              f"{m.source_checkpoint} at C={m.dims.capacity} has "
+                              f"{[(c.name, list(c.shape)) for c in want]}")
+        for rel, table in (tables or {}).items():
+            if not _same_table(self.path / rel, table, ckpt):
+                raise BundleError(f"{where}: {m.source_checkpoint}'s item embeddings differ from {rel}'s: it is "
+                                  "not the checkpoint these graphs were exported from; re-export the bundle")
 
 
-def _read_manifest(bundle_dir: Path) -> dict[str, Any]:
+def _same_table(graph_path: Path, table, ckpt: Checkpoint) -> bool:
+    """Whether the graph's item table equals the checkpoint's embedding weights, bit for bit."""
+    import numpy as np
+    from onnx import numpy_helper
+    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+
+    if uses_external_data(table):
+        load_external_data_for_tensor(table, str(graph_path.parent))
+    graph = numpy_helper.to_array(table)
+    weight = ckpt.model.item_emb.weight.detach().cpu().numpy()
+    return graph.shape == weight.shape and bool(np.array_equal(graph.astype(weight.dtype), weight))
+
+
+def _read_manifest(bundle_dir: Path) -> Manifest:
     mpath = bundle_dir / MANIFEST_NAME
     if not bundle_dir.is_dir():
         raise BundleError(f"bundle {bundle_dir}: not a directory")
+    if mpath.is_symlink():
+        raise BundleError(f"bundle {bundle_dir}: {MANIFEST_NAME} is a symbolic link; a bundle's manifest "
+                          "must be a regular file inside it")
     if not mpath.is_file():
-        raise BundleError(
-            f"bundle {bundle_dir}: {MANIFEST_NAME} missing; not a genrec bundle (export one "
-            "with genrec-export)"
-        )
+        raise BundleError(f"bundle {bundle_dir}: {MANIFEST_NAME} missing; not a genrec bundle (export one "
+                          "with genrec-export)")
     try:
         with open(mpath, encoding="utf-8") as fh:
             d = json.load(fh)
     except json.JSONDecodeError as e:
-        raise BundleError(
-            f"bundle {bundle_dir}: {MANIFEST_NAME} is not valid JSON (line {e.lineno}, "
-            f"column {e.colno}: {e.msg})"
-        ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise BundleError(f"bundle {bundle_dir}: cannot read {MANIFEST_NAME} ({e})") from None
+        raise BundleError(f"bundle {bundle_dir}: {MANIFEST_NAME} is not valid JSON (line {e.lineno}, "
+                          f"column {e.colno}: {e.msg})") from None
+    except (OSError, UnicodeDecodeError, RecursionError, ValueError) as e:
+        raise BundleError(f"bundle {bundle_dir}: cannot read {MANIFEST_NAME} ({type(e).__name__})") from None
     try:
-        validate_manifest(d)
+        return Manifest.from_dict(d)
     except BundleError as e:
         raise BundleError(f"bundle {bundle_dir}: {MANIFEST_NAME}: {e}") from None
+
+
+def validate_manifest(d: Any) -> Manifest:
+    """Parse a manifest dict (``Manifest.from_dict``): BundleError naming the bad field."""
+    return Manifest.from_dict(d)
+
+
+def check_digest(digest: str | None) -> str | None:
+    """Normalise an ``--expect-digest`` value: 64 hex digits (a ``sha256:`` prefix allowed)."""
+    if digest is None:
+        return None
+    d = digest.strip().lower().removeprefix("sha256:")
+    if len(d) != 64 or any(c not in "0123456789abcdef" for c in d):
+        raise BundleError(f"--expect-digest {digest!r}: expected 64 hex digits (as `genrec inspect` prints)")
     return d
 
 
-def load_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
-    """Read and validate ``<path>/manifest.json``; with ``verify`` also check every file.
+def load_bundle(path: str | os.PathLike[str], verify: bool = True, expect_digest: str | None = None) -> Bundle:
+    """Read ``<path>/manifest.json`` and, with ``verify``, cross-check everything it describes.
 
-    ``verify=False`` skips hashing and the IO-contract check (for tools that only read the
-    manifest); the manifest schema is always validated.
+    ``expect_digest`` refuses any bundle whose digest is not that one (checked first: cheap).
+    ``verify=False`` only parses the manifest (for tools that just read it).
     """
+    want = check_digest(expect_digest)
     bundle = Bundle(path=Path(path), manifest=_read_manifest(Path(path)))
+    if want is not None and bundle.digest != want:
+        raise BundleError(f"bundle {path}: digest {bundle.digest} is not the expected {want}: "
+                          "a different or edited bundle")
     if verify:
         bundle.verify()
     return bundle
 
 
-def write_manifest(bundle_dir: str | os.PathLike[str], manifest: dict[str, Any]) -> Path:
-    """Fill ``files`` from the directory, validate, check the IO contract, write atomically.
+def write_manifest(bundle_dir: str | os.PathLike[str], manifest: dict[str, Any] | Manifest) -> Path:
+    """Fill ``files`` from the directory, validate, cross-check the graphs, write atomically.
 
     ``schema``, ``schema_version``, ``created_at`` (now, UTC) and ``versions`` are filled in
-    when absent. The caller's dict is not modified. Returns the manifest path.
+    when absent. Returns the manifest path. (The checkpoint check runs when the bundle is
+    next opened: the exporter opens it before it renames the bundle into place.)
     """
     bundle_dir = Path(bundle_dir)
-    d = dict(manifest)
+    d = manifest.to_dict() if isinstance(manifest, Manifest) else dict(manifest)
     d.setdefault("schema", SCHEMA)
     d.setdefault("schema_version", SCHEMA_VERSION)
     d.setdefault("created_at", datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -586,14 +511,14 @@ def write_manifest(bundle_dir: str | os.PathLike[str], manifest: dict[str, Any])
     d.setdefault("checks", [])
     d.setdefault("parity", None)
     d["files"] = build_files_index(bundle_dir)
-    validate_manifest(d)
-    bundle = Bundle(path=bundle_dir, manifest=d)
-    for rel in [d["source_checkpoint"]] + [f for _, _, f in bundle.graph_files()]:
-        if rel not in d["files"]:
+    m = Manifest.from_dict(d)
+    bundle = Bundle(path=bundle_dir, manifest=m)
+    for rel in m.referenced_files():
+        if rel not in m.files:
             raise BundleError(f"bundle {bundle_dir}: {rel!r} is referenced but does not exist")
-    bundle.verify_io_contract()
+    bundle.verify_graphs()
     out = bundle_dir / MANIFEST_NAME
     with atomic_file(out, "w") as fh:
-        json.dump(d, fh, sort_keys=True, indent=2)
+        json.dump(m.to_dict(), fh, sort_keys=True, indent=2)
         fh.write("\n")
     return out

@@ -23,38 +23,14 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from genrec.bundle import Bundle, load_bundle
+from genrec.manifest import Dims
 from genrec.data import ItemMap
 from genrec.errors import BundleError, ConfigError
 
-__all__ = ["Backend", "BackendBase", "BundleDims", "PrefillBatch", "State", "StepOutput", "open_bundle"]
+__all__ = ["Backend", "BackendBase", "BundleDims", "Dims", "PrefillBatch", "State", "StepOutput", "open_bundle"]
 
 
-@dataclass(frozen=True)
-class BundleDims:
-    """Static sizes every backend of one bundle shares (read from the manifest)."""
-
-    arch: str
-    num_items: int  # N: internal ids are 1..N, 0 is padding
-    max_history: int  # T: history slots of the prefill graph
-    capacity: int  # C: cache slots; T + generated items must fit
-    topk: int  # K': candidates returned per prefill
-    step_topk: int  # candidates returned per step (<= K')
-    max_exclude: int  # X: width of the exclude_ids input
-    rank_candidates: int  # M: candidates the rank graph scores at once
-    batch_gears: tuple[int, ...]  # batch sizes a backend accepts, ascending
-    needs_timestamps: bool  # HSTU: timestamps, request_time and per-step timestamps
-    temperature: float  # head temperature: log p = topk_score / temperature - log_z
-
-    @classmethod
-    def from_bundle(cls, bundle: Bundle) -> BundleDims:
-        return cls(
-            arch=bundle.arch, num_items=bundle.num_items, max_history=bundle.max_history,
-            capacity=bundle.capacity, topk=bundle.topk, max_exclude=bundle.max_exclude,
-            rank_candidates=bundle.rank_candidates, batch_gears=tuple(sorted(bundle.batch_gears)),
-            needs_timestamps=any(i["name"] == "timestamps" for i in
-                                 bundle.graph_spec("prefill", bundle.precisions[0])["inputs"]),
-            temperature=float(bundle.config["temperature"]), step_topk=bundle.step_topk,
-        )
+BundleDims = Dims  # the runtimes' historical name for the bundle's one set of sizes
 
 
 @dataclass
@@ -215,8 +191,10 @@ class BackendBase(abc.ABC):
 
             from genrec.checkpoint import load_checkpoint
 
+            bundle = getattr(self, "bundle", None)  # a verified bundle may still hold it
+            ckpt = bundle.checkpoint() if bundle is not None else load_checkpoint(self.checkpoint_path)
             with torch.inference_mode():
-                vec = load_checkpoint(self.checkpoint_path).model.item_vectors()
+                vec = ckpt.model.item_vectors()
             self._item_vectors = np.ascontiguousarray(vec.float().numpy())
         return self._item_vectors
 

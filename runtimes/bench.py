@@ -45,7 +45,7 @@ import numpy as np
 
 from genrec.errors import ConfigError
 
-from .base import BundleDims, open_bundle
+from .base import open_bundle
 from .decoding import _chunks, _gear
 
 __all__ = ["BenchSpec", "MEMORY_METHOD", "check_plot_path", "parse_sizes", "plot_report", "report_table",
@@ -346,7 +346,7 @@ def run_bench(bundle, spec: BenchSpec | None = None,
     spec = spec or BenchSpec()
     say = progress or (lambda msg: None)
     bundle = open_bundle(bundle)
-    dims = BundleDims.from_bundle(bundle)
+    dims = bundle.dims
     spec.check(dims)
     real = None
     if spec.data:
@@ -358,7 +358,7 @@ def run_bench(bundle, spec: BenchSpec | None = None,
         "bundle": str(bundle.path), "arch": dims.arch,
         "dims": {"T": dims.max_history, "C": dims.capacity, "topk": dims.topk,
                  "max_exclude": dims.max_exclude, "batch_gears": list(dims.batch_gears),
-                 "num_items": dims.num_items, "precision": bundle.precisions[0]},
+                 "num_items": dims.num_items, "precision": bundle.precisions[0], "digest": bundle.digest},
         "settings": {k: v for k, v in asdict(spec).items() if k != "options"},
         "environment": env, "memory_method": MEMORY_METHOD, "backends": {}, "results": []}
     sets = {}

@@ -44,7 +44,7 @@ from genrec.bundle import Bundle
 from genrec.errors import BundleError, ConfigError, MissingBackend
 from genrec.onnx_graph import castlike_to_cast, writable_in_place
 
-from .base import BackendBase, BundleDims, PrefillBatch, State, StepOutput, open_bundle
+from .base import BackendBase, PrefillBatch, State, StepOutput, open_bundle
 
 PROVIDERS = {  # --provider -> (execution provider, OrtValue device type)
     "cpu": ("CPUExecutionProvider", "cpu"),
@@ -161,7 +161,9 @@ class OrtBackend(BackendBase):
         except ImportError as e:
             raise MissingBackend(f"onnxruntime backend: {e}; pip install onnxruntime") from None
         bundle = open_bundle(source)
-        super().__init__(BundleDims.from_bundle(bundle), bundle.id_map, bundle.checkpoint_path)
+        super().__init__(bundle.dims, bundle.id_map, bundle.checkpoint_path)
+        self.bundle = bundle
+        bundle.release_checkpoint()  # verified; the graphs hold the weights this backend runs
         if provider not in PROVIDERS:
             raise ConfigError(f"onnxruntime provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
         ep, self._device = PROVIDERS[provider]

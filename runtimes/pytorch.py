@@ -17,7 +17,7 @@ import numpy as np
 from genrec.bundle import Bundle
 from genrec.errors import ConfigError, MissingBackend
 
-from .base import BackendBase, BundleDims, PrefillBatch, State, StepOutput, open_bundle
+from .base import BackendBase, Dims, PrefillBatch, State, StepOutput, open_bundle
 
 # dims used when running a bare checkpoint (no bundle); the exporter's defaults
 DEFAULT_TOPK = 100
@@ -76,19 +76,22 @@ class TorchBackend(BackendBase):
             if given:
                 raise ConfigError(f"torch backend: {', '.join(given)} come from the bundle; "
                                   "pass a checkpoint file to choose them")
-            ckpt = load_checkpoint(bundle.checkpoint_path)
-            dims, id_map = BundleDims.from_bundle(bundle), bundle.id_map
+            # the checkpoint was cross-checked against the manifest when the bundle was opened;
+            # its own id map is the reference's (parity compares the candidate's against it)
+            ckpt = bundle.checkpoint()
+            dims, id_map = bundle.dims, ckpt.id_map
         else:
             ckpt = load_checkpoint(source)
             cfg = ckpt.config
             k = topk or min(DEFAULT_TOPK, cfg.num_items)
-            dims = BundleDims(
+            dims = Dims(
                 arch=cfg.arch, num_items=cfg.num_items, max_history=cfg.max_len,
                 capacity=cfg.capacity, topk=k, step_topk=step_topk or k,
                 max_exclude=max_exclude or cfg.capacity,
                 rank_candidates=rank_candidates or DEFAULT_RANK_CANDIDATES,
                 batch_gears=tuple(sorted(batch_gears or DEFAULT_GEARS)),
-                needs_timestamps=ckpt.model.needs_timestamps, temperature=cfg.temperature)
+                needs_timestamps=ckpt.model.needs_timestamps, temperature=cfg.temperature,
+                d_model=cfg.d_model).check()
             id_map = ckpt.id_map
         super().__init__(dims, id_map, ckpt.path)
         self.device = torch_device(device)

@@ -1,236 +1,221 @@
-"""Tests for the bundle manifest and the verifying loader, on a tiny real bundle."""
+"""The typed manifest and the loader that cross-checks it, on real exported bundles.
+
+Each hostile edit below is one a user, a bad script or an attacker can make to manifest.json
+(sometimes with the edited file re-hashed); every one must be refused when the bundle is
+opened, by name, before a runtime computes anything.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
-from genrec.bundle import (  # noqa: E402
-    Bundle,
-    build_files_index,
-    io_spec_from_onnx,
-    load_bundle,
-    sha256_file,
-    validate_manifest,
-    write_manifest,
-)
-from genrec.errors import BundleError  # noqa: E402
-
-NUM_ITEMS = 10
-
-
-def _graph(path, out_name="user_emb"):
-    """item_ids[batch, 5] int32 -> mean item embedding [batch, 4] float32."""
-    table = numpy_helper.from_array(np.random.rand(NUM_ITEMS + 1, 4).astype(np.float32), "table")
-    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
-    g = helper.make_graph(
-        [helper.make_node("Gather", ["table", "item_ids"], ["e"], axis=0),
-         helper.make_node("ReduceMean", ["e", "axes"], [out_name], keepdims=0)],
-        "g",
-        [helper.make_tensor_value_info("item_ids", TensorProto.INT32, ["batch", 5])],
-        [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["batch", 4])],
-        initializer=[table, axes],
-    )
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), path)
-
-
-def _manifest(bundle_dir):
-    graphs = {}
-    for name in ("prefill", "step", "rank"):
-        spec = io_spec_from_onnx(bundle_dir / f"{name}.onnx")
-        graphs[name] = {"file": f"{name}.onnx", "exporter": "dynamo", **spec}
-    return {
-        "arch": "sasrec",
-        "config": {"d": 4, "layers": 1},
-        "num_items": NUM_ITEMS,
-        "max_history": 5,
-        "capacity": 8,
-        "topk": 3,
-        "max_exclude": 6,
-        "rank_candidates": 2,
-        "batch_gears": [1, 2, 4],
-        "opset": 18,
-        "precision": "fp32",
-        "id_map": [100 + i for i in range(NUM_ITEMS)],
-        "graphs": graphs,
-        "source_checkpoint": "model.pt",
-        "checks": [{"name": "onnx.checker", "passed": True}],
-        "parity": None,
-    }
+from genrec.bundle import Bundle, build_files_index, io_spec_from_onnx, load_bundle, sha256_file, write_manifest
+from genrec.errors import BundleError
+from genrec.manifest import Manifest, canonical_json
+from support import make_checkpoint
 
 
 @pytest.fixture
-def bundle_dir(tmp_path):
+def hstu_dir(tmp_path, bundles):
     d = tmp_path / "bundle"
-    d.mkdir()
-    for name in ("prefill", "step", "rank"):
-        _graph(d / f"{name}.onnx")
-    (d / "model.pt").write_bytes(b"not really a checkpoint" * 10)
-    write_manifest(d, _manifest(d))
+    shutil.copytree(bundles["hstu"], d)
     return d
 
 
-def _rewrite(bundle_dir, **changes):
-    """Edit manifest.json in place without re-hashing (simulates a hand-edited manifest)."""
+@pytest.fixture
+def sasrec_dir(tmp_path, bundles):
+    d = tmp_path / "bundle"
+    shutil.copytree(bundles["sasrec"], d)
+    return d
+
+
+def _edit(bundle_dir, fn):
+    """Edit manifest.json in place without re-hashing anything (a hand-edited manifest)."""
     p = bundle_dir / "manifest.json"
     d = json.loads(p.read_text())
-    d.update(changes)
-    p.write_text(json.dumps(d))
+    fn(d)
+    p.write_text(json.dumps(d, indent=2))
 
 
-def test_write_and_load_roundtrip(bundle_dir):
-    text = (bundle_dir / "manifest.json").read_text()
-    raw = json.loads(text)
-    assert list(raw) == sorted(raw) and text.startswith("{\n  ")
-    assert raw["schema"] == "genrec.bundle" and raw["schema_version"] == 1
-    assert set(raw["files"]) == {"prefill.onnx", "step.onnx", "rank.onnx", "model.pt"}
-    assert raw["files"]["model.pt"] == sha256_file(bundle_dir / "model.pt")
-    assert {"torch", "onnx", "python"} <= set(raw["versions"])
+def _set(**changes):
+    return lambda d: d.update(changes)
 
-    b = load_bundle(bundle_dir)
-    assert isinstance(b, Bundle)
-    assert (b.arch, b.num_items, b.max_history, b.capacity) == ("sasrec", NUM_ITEMS, 5, 8)
-    assert (b.topk, b.max_exclude, b.rank_candidates) == (3, 6, 2)
-    assert b.batch_gears == [1, 2, 4] and b.config == {"d": 4, "layers": 1}
-    assert b.id_map[0] == 100
-    assert b.graph_path("step") == bundle_dir / "step.onnx"
-    assert b.graph_spec("prefill")["inputs"] == [
-        {"name": "item_ids", "dtype": "int32", "shape": ["batch", 5]}]
-    assert b.graph_spec("prefill")["outputs"][0]["dtype"] == "float32"
-    assert b.checkpoint_path == bundle_dir / "model.pt"
-    assert b.precisions == ["fp32"]
+
+# --------------------------------------------------------------------------------------------
+# the typed manifest
+
+
+def test_manifest_round_trips_and_digest_is_canonical(hstu_dir):
+    raw = json.loads((hstu_dir / "manifest.json").read_text())
+    m = Manifest.from_dict(raw)
+    assert m.to_dict() == raw  # nothing lost, nothing invented
+    assert Manifest.from_dict(m.to_dict()) == m
+    assert m.digest == hashlib.sha256(canonical_json(raw).encode()).hexdigest()
+    # key order and whitespace are not content: the same manifest written differently
+    (hstu_dir / "manifest.json").write_text(json.dumps(dict(reversed(list(raw.items())))))
+    assert load_bundle(hstu_dir).digest == m.digest
+
+
+def test_dims_are_defined_once_and_match_the_graphs(hstu_dir):
+    b = load_bundle(hstu_dir)
+    d = b.dims
+    assert (d.arch, d.max_history, d.capacity, d.topk, d.step_topk, d.max_exclude, d.rank_candidates) == \
+        ("hstu", 20, 28, 40, 32, 28, 6)
+    assert d.batch_gears == (1, 4, 8) and d.needs_timestamps and d.d_model == b.config["d_model"]
+    io = io_spec_from_onnx(b.graph_path("step"))
+    widths = {o["name"]: o["shape"] for o in io["outputs"]}
+    assert widths["topk_ids"] == ["batch", d.step_topk] and widths["user_emb"] == ["batch", d.d_model]
+    assert b.graph_spec("prefill").input("exclude_ids").shape == ("batch", d.max_exclude)
+    assert [c.name for c in b.manifest.cache][:2] == ["key.0", "value.0"]
+    assert b.checkpoint_path == hstu_dir / "model.pt" and b.precisions == ["fp32"]
     with pytest.raises(BundleError, match="fp16"):
         b.graph_path("prefill", "fp16")
 
 
-def test_variant_and_subfolders_are_hashed(bundle_dir):
-    (bundle_dir / "fp16").mkdir()
-    _graph(bundle_dir / "fp16" / "prefill.onnx")
-    (bundle_dir / "om" / "Ascend910B").mkdir(parents=True)
-    (bundle_dir / "om" / "Ascend910B" / "prefill.om").write_bytes(b"om")
-    m = json.loads((bundle_dir / "manifest.json").read_text())
-    spec = io_spec_from_onnx(bundle_dir / "fp16" / "prefill.onnx")
-    m["variants"] = {"fp16": {"dir": "fp16", "graphs": {
-        "prefill": {"file": "prefill.onnx", "exporter": "dynamo", **spec}}, "gate": {"ok": True}}}
-    write_manifest(bundle_dir, m)
-    b = load_bundle(bundle_dir)
-    assert "fp16/prefill.onnx" in b.manifest["files"]
-    assert "om/Ascend910B/prefill.om" in build_files_index(bundle_dir)
-    assert b.precisions == ["fp32", "fp16"]
-    assert b.graph_path("prefill", "fp16") == bundle_dir / "fp16" / "prefill.onnx"
+def test_unknown_keys_survive_and_target_builds_are_typed(hstu_dir):
+    om = hstu_dir / "om" / "Ascend310P3" / "fp32"
+    om.mkdir(parents=True)
+    (om / "prefill.om").write_bytes(b"om file")
+    d = json.loads((hstu_dir / "manifest.json").read_text())
+    d["future_field"] = {"kept": True}
+    d["targets"] = {"ascend": [{"soc": "Ascend310P3", "precision": "fp32", "gears": [1, 4, 8],
+                                "graphs": {"prefill": "om/Ascend310P3/fp32/prefill.om"},
+                                "commands": {"prefill": "atc --framework=5 ..."}, "tool_version": "8.0"}]}
+    write_manifest(hstu_dir, d)
+    b = load_bundle(hstu_dir)
+    assert b.manifest.extra["future_field"] == {"kept": True}
+    build = b.manifest.targets["ascend"][0]
+    assert build.graphs["prefill"] == "om/Ascend310P3/fp32/prefill.om" and build.gears == (1, 4, 8)
+    assert "om/Ascend310P3/fp32/prefill.om" in b.manifest.files
+    (om / "prefill.om").write_bytes(b"other om")  # target files are hashed like any other
+    with pytest.raises(BundleError, match=r"prefill\.om.*sha256"):
+        load_bundle(hstu_dir)
 
 
-def test_tampered_graph_is_refused(bundle_dir):
-    p = bundle_dir / "step.onnx"
+# --------------------------------------------------------------------------------------------
+# hostile manifests: every edit the issue lists, each refused by name
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d["id_map"].reverse(), r"id_map differs from model\.pt"),
+    (lambda d: d["config"].update(temperature=0.5), r"config\.temperature=0\.5.*model\.pt has 0\.05"),
+    (_set(max_history=10), r"manifest says T=10, prefill\.onnx item_ids has 20"),
+    (_set(max_history=50), r"capacity: 28 must exceed max_history 50"),
+    (_set(max_exclude=256), r"manifest says X=256, (prefill|step)\.onnx exclude_ids has 28"),
+    (_set(rank_candidates=5), r"manifest says M=5, rank\.onnx candidates has 6"),
+    (_set(capacity=40), r"manifest says C=40, its cache key\.0 has shape \[2, 28, 16\]"),
+    (_set(topk=35), r"manifest says K'=35, prefill\.onnx topk_ids has 40"),
+    (_set(topk=30), r"step_topk: expected an int in 1\.\.topk \(30\), got 32"),
+    (_set(step_topk=16), r"manifest says step K=16, step\.onnx topk_ids has 32"),
+    (_set(d_model=16), r"manifest says d=16"),
+    (_set(opset=17), r"manifest says opset 17, prefill\.onnx imports ai\.onnx opset 18"),
+    (lambda d: d.update(num_items=d["num_items"] - 1, id_map=d["id_map"][:-1]),
+     r"num_items=8876.*item table of shape \[8878"),
+    (lambda d: d.update(arch="llama", config={**d["config"], "arch": "llama"}), r"timestamps|arch"),
+    (_set(batch_gears=[0, 4]), r"batch_gears"),
+    (lambda d: d["graphs"]["step"].update(file="../step.onnx"), "inside the bundle"),
+    (_set(schema_version=1), "schema_version"),
+])
+def test_edited_manifest_is_refused(hstu_dir, edit, match):
+    _edit(hstu_dir, edit)
+    with pytest.raises(BundleError, match=match):
+        load_bundle(hstu_dir)
+
+
+def test_arch_swapped_between_same_shaped_backbones_is_refused(sasrec_dir):
+    """gpt and sasrec graphs have identical IO: only model.pt can tell the arch was edited."""
+    _edit(sasrec_dir, lambda d: d.update(arch="gpt", config={**d["config"], "arch": "gpt"}))
+    with pytest.raises(BundleError, match=r"arch=gpt, model\.pt is sasrec"):
+        load_bundle(sasrec_dir)
+
+
+def test_swapped_checkpoint_with_updated_hash_is_refused(hstu_dir, tmp_path):
+    """Another valid checkpoint of the same shape and id map, its sha256 put in the manifest."""
+    other = make_checkpoint("hstu", tmp_path / "other.pt", seed=1)
+    shutil.copyfile(other, hstu_dir / "model.pt")
+    _edit(hstu_dir, lambda d: d["files"].update({"model.pt": sha256_file(hstu_dir / "model.pt")}))
+    with pytest.raises(BundleError, match=r"item embeddings differ from prefill\.onnx"):
+        load_bundle(hstu_dir)
+
+
+def test_symlinked_manifest_is_refused(hstu_dir, tmp_path):
+    outside = tmp_path / "elsewhere.json"
+    shutil.move(hstu_dir / "manifest.json", outside)
+    (hstu_dir / "manifest.json").symlink_to(outside)
+    with pytest.raises(BundleError, match="symbolic link"):
+        load_bundle(hstu_dir)
+
+
+def test_expect_digest_pins_the_bundle(hstu_dir):
+    digest = load_bundle(hstu_dir).digest
+    assert load_bundle(hstu_dir, expect_digest=digest).digest == digest
+    assert load_bundle(hstu_dir, expect_digest="sha256:" + digest.upper()).digest == digest
+    _edit(hstu_dir, lambda d: d["checks"].append({"check": "note"}))  # harmless, but another bundle
+    with pytest.raises(BundleError, match="not the expected"):
+        load_bundle(hstu_dir, expect_digest=digest)
+    with pytest.raises(BundleError, match="64 hex digits"):
+        load_bundle(hstu_dir, expect_digest="abc")
+
+
+# --------------------------------------------------------------------------------------------
+# files
+
+
+def test_tampered_graph_is_refused(hstu_dir):
+    p = hstu_dir / "step.onnx"
     data = bytearray(p.read_bytes())
     data[-1] ^= 0xFF
     p.write_bytes(bytes(data))
     with pytest.raises(BundleError, match=r"step\.onnx.*sha256.*tampered"):
-        load_bundle(bundle_dir)
-    load_bundle(bundle_dir, verify=False)  # schema-only load still works
+        load_bundle(hstu_dir)
+    load_bundle(hstu_dir, verify=False)  # schema-only load still works
 
 
-def test_missing_file_is_refused(bundle_dir):
-    (bundle_dir / "rank.onnx").unlink()
-    with pytest.raises(BundleError, match=r"rank\.onnx.*missing"):
-        load_bundle(bundle_dir)
-
-
-def test_unexpected_file_is_refused(bundle_dir):
-    (bundle_dir / "extra.bin").write_bytes(b"x")
+def test_missing_and_unexpected_files_are_refused(hstu_dir):
+    (hstu_dir / "extra.bin").write_bytes(b"x")
     with pytest.raises(BundleError, match=r"unexpected file 'extra\.bin'"):
-        load_bundle(bundle_dir)
+        load_bundle(hstu_dir)
+    (hstu_dir / "extra.bin").unlink()
+    (hstu_dir / "rank.onnx").unlink()
+    with pytest.raises(BundleError, match=r"rank\.onnx.*missing"):
+        load_bundle(hstu_dir)
 
 
-def test_missing_manifest_and_malformed_json(tmp_path, bundle_dir):
+def test_missing_manifest_and_malformed_json(tmp_path, hstu_dir):
     with pytest.raises(BundleError, match="manifest.json missing"):
         load_bundle(tmp_path)
-    (bundle_dir / "manifest.json").write_text("{not json")
+    (hstu_dir / "manifest.json").write_text("{not json")
     with pytest.raises(BundleError, match="not valid JSON"):
-        load_bundle(bundle_dir)
+        load_bundle(hstu_dir)
 
 
-def test_bad_schema_and_version_are_refused(bundle_dir):
-    _rewrite(bundle_dir, schema="something.else")
-    with pytest.raises(BundleError, match="schema"):
-        load_bundle(bundle_dir)
-    _rewrite(bundle_dir, schema="genrec.bundle", schema_version=2)
-    with pytest.raises(BundleError, match="schema_version"):
-        load_bundle(bundle_dir)
-
-
-def test_io_contract_mismatch_is_refused(bundle_dir):
-    m = json.loads((bundle_dir / "manifest.json").read_text())
-    m["graphs"]["prefill"]["inputs"][0]["dtype"] = "int64"
-    (bundle_dir / "manifest.json").write_text(json.dumps(m))
+def test_io_contract_edit_is_refused(hstu_dir):
+    _edit(hstu_dir, lambda d: d["graphs"]["prefill"]["inputs"][0].update(dtype="int64"))
     with pytest.raises(BundleError, match=r"prefill\.onnx.*item_ids.*int32.*int64"):
-        load_bundle(bundle_dir)
-    with pytest.raises(BundleError, match="IO contract"):
-        write_manifest(bundle_dir, m)
+        load_bundle(hstu_dir)
 
 
-def test_io_contract_output_name_mismatch(bundle_dir):
-    _graph(bundle_dir / "step.onnx", out_name="renamed")
-    m = json.loads((bundle_dir / "manifest.json").read_text())
-    with pytest.raises(BundleError, match=r"step\.onnx.*renamed"):
-        write_manifest(bundle_dir, m)
-
-
-def test_graph_not_listed_in_files(bundle_dir):
-    m = json.loads((bundle_dir / "manifest.json").read_text())
-    m["graphs"]["rank"]["file"] = "nowhere.onnx"
-    with pytest.raises(BundleError, match="nowhere.onnx"):
-        write_manifest(bundle_dir, m)
-
-
-@pytest.mark.parametrize(
-    "field, value, match",
-    [
-        ("num_items", "10", "num_items"),
-        ("batch_gears", [], "batch_gears"),
-        ("id_map", [1, 2], "id_map"),
-        ("created_at", "yesterday", "created_at"),
-        ("graphs", {"prefill": {"file": "../x.onnx", "exporter": "dynamo",
-                                "inputs": [], "outputs": []}}, "inside the bundle"),
-        ("graphs", {"prefill": {"file": "p.onnx", "exporter": "jit",
-                                "inputs": [], "outputs": []}}, "exporter"),
-        ("files", {"a": "nothex"}, "sha256"),
-        ("step_topk", 10 ** 6, "step_topk"),  # more than topk
-        ("step_topk", "8", "step_topk"),
-    ],
-)
-def test_validate_manifest_names_bad_field(bundle_dir, field, value, match):
-    m = json.loads((bundle_dir / "manifest.json").read_text())
-    validate_manifest(m)
-    m[field] = value
-    with pytest.raises(BundleError, match=match):
-        validate_manifest(m)
-
-
-def test_validate_manifest_names_missing_field(bundle_dir):
-    m = json.loads((bundle_dir / "manifest.json").read_text())
-    del m["capacity"]
-    with pytest.raises(BundleError, match="'capacity'"):
-        validate_manifest(m)
-
-
-def test_step_topk_is_optional_and_defaults_to_topk(bundle_dir):
-    """Bundles written before the step graph had its own K still load: their step returns K'."""
-    m = json.loads((bundle_dir / "manifest.json").read_text())
-    m.pop("step_topk", None)
-    validate_manifest(m)
-    assert Bundle(bundle_dir, m).step_topk == m["topk"]
+def test_write_manifest_hashes_subfolders(hstu_dir):
+    (hstu_dir / "variants" / "fp16").mkdir(parents=True)
+    shutil.copyfile(hstu_dir / "prefill.onnx", hstu_dir / "variants" / "fp16" / "prefill.onnx")
+    d = json.loads((hstu_dir / "manifest.json").read_text())
+    d["variants"] = {"fp16": {"dir": "variants/fp16", "graphs": {"prefill": d["graphs"]["prefill"]},
+                              "recipe": {"method": "copy"}}}
+    write_manifest(hstu_dir, d)
+    b = load_bundle(hstu_dir)
+    assert b.precisions == ["fp32", "fp16"] and b.manifest.variants["fp16"].info["recipe"] == {"method": "copy"}
+    assert b.graph_path("prefill", "fp16") == hstu_dir / "variants" / "fp16" / "prefill.onnx"
+    assert "variants/fp16/prefill.onnx" in build_files_index(hstu_dir)
 
 
 def test_sha256_file_streams(tmp_path):
-    import hashlib
-
     p = tmp_path / "big"
     data = np.random.bytes(3 * (1 << 20) + 17)
     p.write_bytes(data)
     assert sha256_file(p) == hashlib.sha256(data).hexdigest()
+
