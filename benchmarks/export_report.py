@@ -39,13 +39,13 @@ def main() -> None:
             bundle = export_bundle(ckpt, Path(tmp) / arch)
             seconds = time.perf_counter() - t0
             m = bundle.manifest
-            num = next(c for c in m["checks"] if c["check"] == "numerics")
+            num = next(c for c in m.checks if c["check"] == "numerics")
             row = {"arch": arch, "params": model.num_params(), "export_s": round(seconds, 1),
-                   "exporters": {g: v["exporter"] for g, v in m["graphs"].items()},
-                   "sizes_mb": {g: round(bundle.graph_path(g).stat().st_size / 1e6, 2) for g in m["graphs"]},
+                   "exporters": {g: v.exporter for g, v in m.graphs.items()},
+                   "sizes_mb": {g: round(bundle.graph_path(g).stat().st_size / 1e6, 2) for g in m.graphs},
                    "max_abs": {g: {k: v["max_abs"] for k, v in e.items() if isinstance(v, dict)}
                                for g, e in num["graphs"].items()},
-                   "lint_errors": sum(c.get("errors", 0) for c in m["checks"] if c["check"] == "atc_lint")}
+                   "lint_errors": sum(c.get("errors", 0) for c in m.checks if c["check"] == "atc_lint")}
             rows.append(row)
             print(json.dumps(row))
     print()

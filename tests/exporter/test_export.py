@@ -32,9 +32,9 @@ def leftovers(parent: Path, name: str) -> list[str]:
 def test_every_backbone_exports_and_passes_all_checks(arch, bundles):
     bundle = load_bundle(bundles[arch])  # verifies checksums and the IO contract
     m = bundle.manifest
-    assert set(m["graphs"]) == {"prefill", "step", "rank"}
-    assert all(g["exporter"] in ("dynamo", "torchscript") for g in m["graphs"].values())
-    numerics = next(c for c in m["checks"] if c["check"] == "numerics")
+    assert set(m.graphs) == {"prefill", "step", "rank"}
+    assert all(g.exporter in ("dynamo", "torchscript") for g in m.graphs.values())
+    numerics = next(c for c in m.checks if c["check"] == "numerics")
     assert numerics["passed"] and "real test histories" in numerics["data"]
     assert numerics["batch_sizes"] == [1, 3, 8] and numerics["steps"] >= 5
     for graph in ("prefill", "step"):
@@ -43,19 +43,18 @@ def test_every_backbone_exports_and_passes_all_checks(arch, bundles):
         assert entry["topk_ids_mismatch_rows"] == 0 and entry["topk_ids_rows"] > 0
     assert numerics["graphs"]["rank"]["scores"]["max_abs"] < 1e-4
     # the step graph returns its own, smaller top-K (default min(K', 32)); prefill returns K'
-    assert (m["topk"], m["step_topk"]) == (40, 32) and (bundle.topk, bundle.step_topk) == (40, 32)
-    widths = {g: next(o["shape"][1] for o in bundle.graph_spec(g)["outputs"] if o["name"] == "topk_ids")
-              for g in ("prefill", "step")}
+    assert (bundle.dims.topk, bundle.dims.step_topk) == (40, 32)
+    widths = {g: bundle.graph_spec(g).output("topk_ids").shape[1] for g in ("prefill", "step")}
     assert widths == {"prefill": 40, "step": 32}
     # one bundle serves ATC too: opset 18, int32 ids, batch the only dynamic axis, lint clean
     for name in ("prefill", "step", "rank"):
         path = bundle.graph_path(name)
         assert not [f for f in lint_model(path) if f.severity == "error"], name
         spec = bundle.graph_spec(name)
-        for io in spec["inputs"] + spec["outputs"]:
-            assert all(isinstance(d, int) and d > 1 for d in io["shape"][1:]), io
-            assert io["dtype"] != "int64", io
-    assert m["id_map"][:3] == sorted(m["id_map"])[:3] and len(m["id_map"]) == m["num_items"]
+        for io in spec.inputs + spec.outputs:
+            assert all(isinstance(d, int) and d > 1 for d in io.shape[1:]), io
+            assert io.dtype != "int64", io
+    assert list(m.id_map[:3]) == sorted(m.id_map)[:3] and len(m.id_map) == m.dims.num_items
 
 
 def test_bundle_graph_matches_checkpoint_on_a_fresh_session(bundles):
@@ -154,7 +153,7 @@ def test_external_data_and_lower_opset(tmp_path, checkpoints):
     out = tmp_path / "bundle"
     bundle = export_bundle(checkpoints["sasrec"], out, opset=16, batch_gears=(1, 4), topk=20,
                            external_data_threshold=64 * 1024)
-    files = bundle.manifest["files"]
+    files = bundle.manifest.files
     assert {"prefill.onnx.data", "step.onnx.data", "rank.onnx.data"} <= set(files)
     model = onnx.load(str(out / "prefill.onnx"), load_external_data=False)
     assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
@@ -201,8 +200,8 @@ def test_hstu_row_blocks_export_and_pass_the_checks(tmp_path, opset):
     ckpt = make_checkpoint("hstu", tmp_path / "hstu72.pt", max_len=72)
     export_bundle(ckpt, tmp_path / "b", batch_gears=(1, 4), topk=20, opset=opset)
     bundle = load_bundle(tmp_path / "b")
-    assert bundle.manifest["opset"] == opset
-    numerics = next(c for c in bundle.manifest["checks"] if c["check"] == "numerics")
+    assert bundle.manifest.opset == opset
+    numerics = next(c for c in bundle.manifest.checks if c["check"] == "numerics")
     assert numerics["passed"] and numerics["graphs"]["prefill"]["user_emb"]["max_abs"] < 1e-4
     prefill = onnx.load(bundle.graph_path("prefill"))
     # one Log per block (shared by the layers) and one for the last layer's row

@@ -147,11 +147,11 @@ def test_castlike_folding_keeps_the_graph_identical(bundles):
     before = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     after = ort.InferenceSession(folded, opts, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
-    b, t = 4, bundle.max_history
-    feeds = {"item_ids": rng.integers(1, bundle.num_items + 1, (b, t)).astype(np.int32),
+    b, t = 4, bundle.dims.max_history
+    feeds = {"item_ids": rng.integers(1, bundle.dims.num_items + 1, (b, t)).astype(np.int32),
              "lengths": np.array([1, 5, t - 1, t], np.int32),
              "timestamps": np.sort(rng.integers(0, 10**6, (b, t)), axis=1).astype(np.int32),
              "request_time": np.full(b, 10**6 + 5, np.int32),
-             "exclude_ids": np.zeros((b, bundle.max_exclude), np.int32)}
+             "exclude_ids": np.zeros((b, bundle.dims.max_exclude), np.int32)}
     for x, y in zip(before.run(None, feeds), after.run(None, feeds)):
         np.testing.assert_array_equal(x, y)
