@@ -26,7 +26,7 @@ import torch
 
 from genrec.atomic import atomic_directory
 from genrec.bundle import Bundle, io_spec_from_onnx, load_bundle, tool_versions, write_manifest
-from genrec.manifest import Dims, GraphSpec, Manifest, TensorSpec
+from genrec.manifest import DEFAULT_STEP_TOPK, Dims, GraphSpec, Manifest, TensorSpec
 from genrec.checkpoint import Checkpoint, load_checkpoint
 from genrec.errors import ExportError, GenrecError
 from genrec.models import GenerativeRecommender
@@ -42,7 +42,7 @@ Progress = Callable[[str], None]
 GraphHook = Callable[[str, Any], Any]  # (graph name, onnx.ModelProto) -> onnx.ModelProto
 
 
-STEP_TOPK = 32  # default top-K of the step graph: beams, greedy picks and sampling's top-k
+STEP_TOPK = DEFAULT_STEP_TOPK
 
 
 def resolve_dims(model: GenerativeRecommender, max_history: int | None, max_new_items: int | None,
@@ -64,9 +64,6 @@ def resolve_dims(model: GenerativeRecommender, max_history: int | None, max_new_
         raise ExportError(f"--topk {topk} must be between 2 and the catalogue size {cfg.num_items}")
     if x < 2 or rank_candidates < 2:
         raise ExportError("--max-exclude and --rank-candidates must be at least 2 (no size-0/1 axes)")
-    # a step feeds generation, which needs a few candidates per row (beams, one greedy pick, a
-    # sampling top-k), not a retrieval list: TopK over the catalogue was a third of a batch-64
-    # HSTU step at K'=100, and a K of 32 halves it
     sk = min(topk, STEP_TOPK) if step_topk is None else step_topk
     if not 2 <= sk <= topk:
         raise ExportError(f"--step-topk {sk} must be between 2 and --topk {topk}")

@@ -30,11 +30,15 @@ from typing import Any
 from genrec.errors import BundleError
 
 __all__ = ["Dims", "GraphSpec", "Manifest", "SCHEMA", "SCHEMA_VERSION", "TargetBuild", "TensorSpec",
-           "Variant", "GRAPH_NAMES", "canonical_json"]
+           "Variant", "DEFAULT_STEP_TOPK", "GRAPH_NAMES", "canonical_json"]
 
 SCHEMA = "genrec.bundle"
 SCHEMA_VERSION = 2
 GRAPH_NAMES = ("prefill", "step", "rank")
+# default top-K of the step graph: generation needs a few candidates per row (beams, a greedy
+# pick, a sampling top-k), not a retrieval list, and TopK over the catalogue was a third of a
+# batch-64 HSTU step at K'=100
+DEFAULT_STEP_TOPK = 32
 EXPORTERS = ("dynamo", "torchscript")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 

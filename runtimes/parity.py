@@ -234,10 +234,34 @@ def trace_tensors(ref: Backend, cand: Backend, requests: list[Request], steps: i
 # the whole comparison
 
 
+def source_breaches(ref: Backend, cand: Backend) -> list[str]:
+    """Where the candidate's id map or sizes differ from the reference's own.
+
+    The torch reference reads what the model is (arch, N, d, temperature, its id map) from
+    model.pt, not from the manifest the candidate serves with; a candidate whose manifest was
+    edited to agree with itself still disagrees with the source here, and fails the gate
+    without a single request run."""
+    out = []
+    a, b = ref.item_map.to_list(), cand.item_map.to_list()
+    if a != b:
+        at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        out.append(f"id map: the candidate's differs from the reference's ({len(b)} vs {len(a)} ids, first "
+                   f"difference at internal id {at + 1})")
+    for f in fields(ref.dims):
+        x, y = getattr(ref.dims, f.name), getattr(cand.dims, f.name)
+        if x != y:
+            out.append(f"dims: the candidate serves with {f.name}={y!r}, the reference with {x!r}")
+    return out
+
+
 def run_parity(ref: Backend, cand: Backend, reqs: ParityRequests, *, steps: int = 5, beams: int = 1,
                k: int = TASK_K, thresholds: Thresholds | None = None, seed: int = 0) -> dict[str, Any]:
     """Run both backends and judge; returns the report (``report["passed"]``)."""
     thresholds = thresholds or Thresholds()
+    mismatch = source_breaches(ref, cand)
+    if mismatch:  # comparing outputs of different models or maps would be meaningless
+        return {"reference": ref.name, "candidate": cand.name, "data": reqs.source, "requests": 0,
+                "thresholds": asdict(thresholds), "breaches": mismatch, "passed": False}
     steps = min(steps, ref.dims.capacity - ref.dims.max_history)
     trace = trace_tensors(ref, cand, reqs.requests, steps, seed)
     # long lists for MRR, but short enough that exclusions overflowing X (filtered on the

@@ -36,7 +36,10 @@ def _open(name: str, precision: str, bundle):
 @click.option("--thresholds", type=click.Path(exists=True, dir_okay=False), help="JSON overrides of the defaults.")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the full report (parity.json).")
 @click.option("--seed", type=int, default=0, show_default=True)
-def parity_command(bundle, reference, candidate, data, users, steps, beams, thresholds, report, seed):
+@click.option("--expect-digest", metavar="SHA256",
+              help="Refuse any bundle whose digest (printed by `genrec inspect`) is not this one.")
+def parity_command(bundle, reference, candidate, data, users, steps, beams, thresholds, report, seed,
+                   expect_digest):
     """Run held-out requests from --data through REFERENCE and CANDIDATE and compare them at
     tensor level (every graph and step), list level (top-k, slates) and task level
     (HR@10, NDCG@10, MRR). Exit 0 when every threshold holds, 1 on a breach."""
@@ -45,19 +48,21 @@ def parity_command(bundle, reference, candidate, data, users, steps, beams, thre
 
     from .parity import load_thresholds, requests_from_data, run_parity
 
-    b = load_bundle(bundle)
+    b = load_bundle(bundle, expect_digest=expect_digest)
     ref_name, ref_prec = parse_backend(reference)
     cand_name, cand_prec = parse_backend(candidate)
     th = load_thresholds(thresholds, cand_prec)
-    reqs = requests_from_data(data, b.id_map, users, b.max_history, seed)
     with _open(ref_name, ref_prec, b) as ref, _open(cand_name, cand_prec, b) as cand:
+        # held-out data is read through the reference's own id map, never the candidate's
+        reqs = requests_from_data(data, ref.item_map.to_list(), users, ref.dims.max_history, seed)
         result = run_parity(ref, cand, reqs, steps=steps, beams=beams, thresholds=th, seed=seed)
-    result["reference"], result["candidate"] = reference, candidate
+    result["reference"], result["candidate"], result["digest"] = reference, candidate, b.digest
     if report:
         with atomic_file(Path(report)) as f:
             json.dump(result, f, indent=2, default=str)
     out = make_console()
-    out.print(summary_table(result))
+    if "tensor" in result:  # absent when the backends disagree on the model before any request
+        out.print(summary_table(result))
     if result["passed"]:
         out.print(f"PASSED parity {reference} vs {candidate} on {result['requests']} requests")
         return

@@ -10,12 +10,15 @@ torch_npu).
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from genrec.bundle import Bundle
 from genrec.errors import ConfigError, MissingBackend
+
+from genrec.manifest import DEFAULT_STEP_TOPK
 
 from .base import BackendBase, Dims, PrefillBatch, State, StepOutput, open_bundle
 
@@ -79,14 +82,17 @@ class TorchBackend(BackendBase):
             # the checkpoint was cross-checked against the manifest when the bundle was opened;
             # its own id map is the reference's (parity compares the candidate's against it)
             ckpt = bundle.checkpoint()
-            dims, id_map = bundle.dims, ckpt.id_map
+            cfg = ckpt.config  # what the model is comes from model.pt; export sizes from the bundle
+            dims = replace(bundle.dims, arch=cfg.arch, num_items=cfg.num_items, d_model=cfg.d_model,
+                           temperature=float(cfg.temperature), needs_timestamps=ckpt.model.needs_timestamps)
+            id_map = ckpt.id_map
         else:
             ckpt = load_checkpoint(source)
             cfg = ckpt.config
             k = topk or min(DEFAULT_TOPK, cfg.num_items)
             dims = Dims(
                 arch=cfg.arch, num_items=cfg.num_items, max_history=cfg.max_len,
-                capacity=cfg.capacity, topk=k, step_topk=step_topk or k,
+                capacity=cfg.capacity, topk=k, step_topk=step_topk or min(k, DEFAULT_STEP_TOPK),
                 max_exclude=max_exclude or cfg.capacity,
                 rank_candidates=rank_candidates or DEFAULT_RANK_CANDIDATES,
                 batch_gears=tuple(sorted(batch_gears or DEFAULT_GEARS)),

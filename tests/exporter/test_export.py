@@ -62,18 +62,17 @@ def test_bundle_graph_matches_checkpoint_on_a_fresh_session(bundles):
     import torch
 
     from genrec.checkpoint import load_checkpoint
-    from genrec.exporter.graphs import GraphDims, PrefillGraph
+    from genrec.exporter.graphs import PrefillGraph
     from genrec.inputs import history_feed, pad_rows
 
     b = load_bundle(bundles["llama"])
     model = load_checkpoint(b.checkpoint_path).model
     hist = [np.array([5, 9, 40, 2]), np.array([7]), np.arange(1, 30)]
-    feed, _ = history_feed(hist, b.max_history)
-    feed["exclude_ids"] = pad_rows([h[-b.max_history:] for h in hist], b.max_exclude)
+    feed, _ = history_feed(hist, b.dims.max_history)
+    feed["exclude_ids"] = pad_rows([h[-b.dims.max_history:] for h in hist], b.dims.max_exclude)
     sess = ort.InferenceSession(str(b.graph_path("prefill")), providers=["CPUExecutionProvider"])
     got = sess.run(None, feed)
-    dims = GraphDims(b.max_history, b.capacity, b.topk, b.max_exclude, b.rank_candidates)
-    graph = PrefillGraph(model, dims)
+    graph = PrefillGraph(model, b.dims)
     with torch.no_grad():
         ref = graph(*(torch.from_numpy(feed[n]) for n in graph.input_names()))
     np.testing.assert_allclose(got[0], ref[0].numpy(), atol=1e-5)

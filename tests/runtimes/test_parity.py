@@ -64,7 +64,7 @@ def test_thresholds_per_precision_and_overrides():
 
 def test_parity_of_a_backend_with_itself_is_exact(bundles):
     b = load_bundle(bundles["hstu"])
-    reqs = requests_from_data(SLICE, b.id_map, 40, b.max_history)
+    reqs = requests_from_data(SLICE, b.id_map, 40, b.dims.max_history)
     with get_backend("onnxruntime", b) as one, get_backend("onnxruntime", b) as two:
         report = run_parity(one, two, reqs, steps=3)
     assert report["passed"], report["breaches"]
@@ -74,7 +74,7 @@ def test_parity_of_a_backend_with_itself_is_exact(bundles):
     assert report["list"]["exact_match"] == 1.0 and report["list"]["slates_equal"] == 1.0
     assert all(d == 0 for d in report["task"]["delta"].values())
     lengths = {len(r.items) for r in reqs.requests}
-    assert 1 in lengths and max(lengths) > b.max_history  # edge cases are in the request set
+    assert 1 in lengths and max(lengths) > b.dims.max_history  # edge cases are in the request set
 
 
 def nudge_step_graph(bundle_dir, scale=0.3, seed=0):
@@ -123,3 +123,43 @@ def test_cli_thresholds_file_and_bad_input(tmp_path, bundles):
     res = subprocess.run(base[:5] + ["--candidate", "nosuchbackend", "--data", str(SLICE)],
                          capture_output=True, text=True)
     assert res.returncode == 1 and "nosuchbackend" in res.stderr and "Traceback" not in res.stderr
+
+
+def _parity_cli(bundle, *extra):
+    return subprocess.run([sys.executable, "-m", "genrec", "parity", str(bundle), "--data", str(SLICE),
+                           "--users", "20", "--generate", "2", *extra], capture_output=True, text=True)
+
+
+def test_altered_manifest_fails_the_gate(tmp_path, bundles):
+    """Both backends would read the same reversed id map: the gate must not pass it."""
+    out = tmp_path / "altered"
+    shutil.copytree(bundles["sasrec"], out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["id_map"].reverse()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    res = _parity_cli(out)
+    assert res.returncode == 1 and "PASSED" not in res.stdout
+    assert res.stderr.startswith("error: ") and "id_map differs from model.pt" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_candidate_serving_other_sizes_fails_before_any_request(checkpoints, bundles):
+    """The reference's sizes and id map come from its own source: a candidate that disagrees
+    is a breach named by field, and nothing is compared."""
+    ref = get_backend("torch", checkpoints["sasrec"], topk=30, step_topk=30, max_exclude=28, rank_candidates=6,
+                      batch_gears=(1, 4, 8))
+    cand = get_backend("onnxruntime", bundles["sasrec"], threads=1)
+    with ref, cand:
+        reqs = requests_from_data(SLICE, ref.item_map.to_list(), 5, ref.dims.max_history)
+        report = run_parity(ref, cand, reqs, steps=2)
+    assert not report["passed"] and report["requests"] == 0
+    assert report["breaches"] == ["dims: the candidate serves with topk=40, the reference with 30",
+                                  "dims: the candidate serves with step_topk=32, the reference with 30"]
+
+
+def test_expect_digest_refuses_another_bundle(bundles):
+    digest = load_bundle(bundles["gpt"]).digest
+    res = _parity_cli(bundles["gpt"], "--expect-digest", "0" * 64)
+    assert res.returncode == 1 and f"digest {digest} is not the expected" in res.stderr
+    res = _parity_cli(bundles["gpt"], "--expect-digest", digest)
+    assert res.returncode == 0, res.stderr
