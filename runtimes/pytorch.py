@@ -17,7 +17,6 @@ import numpy as np
 
 from genrec.bundle import Bundle
 from genrec.errors import ConfigError, MissingBackend
-
 from genrec.manifest import DEFAULT_STEP_TOPK
 
 from .base import BackendBase, Dims, PrefillBatch, State, StepOutput, open_bundle
