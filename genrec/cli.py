@@ -30,6 +30,8 @@ LAZY_COMMANDS = {
     "run": "genrec.runtimes.cli:run_command",
     "parity": "genrec.runtimes.parity_cli:parity_command",
     "bench": "genrec.runtimes.bench_cli:bench_command",
+    "convert": "genrec.exporter.cli:convert_command",
+    "doctor": "genrec.doctor:doctor_command",
 }
 
 
