@@ -64,10 +64,31 @@ class Histories:
     source: str
 
 
-def random_histories(n: int, num_items: int, max_len: int, seed: int = 0) -> Histories:
+def random_histories(n: int, num_items: int, max_len: int, seed: int = 0,
+                     bucket_config: tuple[int, float] | None = None) -> Histories:
+    """Random valid histories for the numeric check when no data is at hand.
+
+    Timestamps are whole seconds, like real ones, and never coarser: a check on rounded
+    times would never see a gap on a time-bucket edge, where a backend's Log rounding would
+    move HSTU's time bias. A quarter of the gaps sit on purpose on either side of an edge
+    of HSTU's buckets (``bucket_config`` = (num_buckets, divisor), default Meta's 128 and
+    0.301; edges up to 30 days), so any bucket a graph computes differently from torch shows
+    up in the check, most of all with large ``w_ts`` tables. Other backbones ignore times."""
+    from genrec.models.hstu import HSTUConfig, bucket_bounds
+
     rng = np.random.default_rng(seed)
+    month = 86400 * 30
+    nb, div = bucket_config or (HSTUConfig.num_buckets, HSTUConfig.bucket_divisor)
+    last = np.array(bucket_bounds(nb, div)[:-1], dtype=np.int64)  # the last gap of each bucket
+    on_edge = np.unique(np.concatenate([last, last + 1]))
+    on_edge = on_edge[on_edge < month]
     items = [rng.integers(1, num_items + 1, int(rng.integers(1, max_len + 1))) for _ in range(n)]
-    times = [np.cumsum(rng.integers(0, 86400 * 30, len(s))) + 1_300_000_000 for s in items]
+    times = []
+    for s in items:
+        gaps = rng.integers(0, month, len(s))
+        pick = rng.random(len(s)) < 0.25
+        gaps[pick] = rng.choice(on_edge, int(pick.sum()))
+        times.append(np.cumsum(gaps) + 1_300_000_000)
     return Histories(items, times, np.array([t[-1] + 3600 for t in times]), "random valid histories (no --data)")
 
 

@@ -13,12 +13,14 @@ generated item use the request time. With it, prefill of a prefix followed by st
 prefill of the whole sequence. Deployment choices: the 1/N division is applied to A·V
 (identical by linearity, and it keeps elementwise work off the (T, T) matrix); the
 position bias is gathered once per layer from a constant index (batch-independent); the
-time buckets are computed once and shared by all layers; the causal pass runs in row blocks
-that skip keys the mask would zero (``row_blocks``).
+time buckets are computed once and shared by all layers, exactly as Meta's code computes
+them whatever the runtime's Log (``time_buckets``); the causal pass runs in row blocks that
+skip keys the mask would zero (``row_blocks``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -26,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from .base import Cache, GenerativeRecommender, ModelConfig, merge_heads, split_heads, take_row, write_at
 
 
@@ -41,19 +44,91 @@ class HSTUConfig(ModelConfig):
 
 MASKED = -1.0e4  # added to the bias outside the causal window: SiLU(x - 1e4) is exactly 0 in fp32/fp16
 
+INT32_MAX = 2 ** 31 - 1
 
-def time_buckets(delta: torch.Tensor, num_buckets: int, divisor: float) -> torch.Tensor:
-    """bucket(Δ) = clamp(trunc(ln(max(|Δ|, 1)) / divisor), 0, num_buckets), computed in fp32.
 
-    Δ is int32 (timestamps are rebased per history, see genrec.inputs), which halves the
-    memory traffic of the one (B, T, T) pass that all layers share; the bucket comes out as
-    int64, the index type the layers' GatherElements lookups take.
+def reference_bucket(gap: torch.Tensor, num_buckets: int, divisor: float) -> torch.Tensor:
+    """The time bucket exactly as Meta's research code computes it (MODELS.md §1.3): float32
+    ``torch.log`` on CPU of max(|gap|, 1) taken as int64, divided by ``divisor`` in float32,
+    truncated, clamped to [0, num_buckets]. This, not the formula in exact arithmetic (which
+    differs from it on thousands of int32 gaps, the float32 rounding of gaps past 2^24
+    included), is what a checkpoint trained with that code learnt; ``bucket_bounds`` is
+    derived from it."""
+    x = gap.to(device="cpu", dtype=torch.int64)
+    return torch.clamp((torch.log(torch.abs(x).clamp(min=1)) / divisor).long(), 0, num_buckets)
+
+
+@functools.lru_cache(maxsize=16)
+def bucket_bounds(num_buckets: int, divisor: float) -> tuple[int, ...]:
+    """``bounds[k]`` = the largest int32 gap whose reference bucket is at most ``k``, for every
+    bucket an int32 gap reaches (the last entry is INT32_MAX): the integer edge table that
+    makes ``time_buckets`` exact whatever the runtime's Log does.
+
+    Derived by bisection on ``reference_bucket`` (monotone in |gap|; each edge found is checked
+    to be a real step) and cached per (num_buckets, divisor). Must first run outside tracing,
+    which ``HSTU.__init__`` ensures: under torch.export the scan's ops would be traced, not run.
     """
-    mag = delta.abs().clamp_min(1).to(torch.float32)
-    bucket = (torch.log(mag) * (1.0 / divisor)).to(torch.int64)  # int64: gather's index type, no 2nd cast
-    if math.log(2.0 ** 31) / divisor < num_buckets:  # int32 Δ can't reach the top bucket: no clamp
-        return bucket
-    return bucket.clamp_max(num_buckets)
+    if not (num_buckets >= 1 and math.isfinite(divisor) and divisor > 0):
+        raise ConfigError(f"hstu time buckets: num_buckets {num_buckets} must be >= 1 and "
+                          f"bucket_divisor {divisor} a positive number")
+    reach = int(reference_bucket(torch.tensor([INT32_MAX]), num_buckets, divisor)[0])
+    want = torch.arange(1, reach + 1, dtype=torch.int64)  # edge[k] = smallest gap in bucket >= k
+    lo, hi = torch.ones_like(want), torch.full_like(want, INT32_MAX)
+    while bool((lo < hi).any()):
+        mid = (lo + hi) // 2
+        ok = reference_bucket(mid, num_buckets, divisor) >= want
+        lo, hi = torch.where(ok, lo, mid + 1), torch.where(ok, mid, hi)
+    edges = lo
+    if reach and not (bool((reference_bucket(edges, num_buckets, divisor) >= want).all())
+                      and bool((reference_bucket(edges - 1, num_buckets, divisor) < want).all())):
+        raise RuntimeError("torch.log is not monotone here: the HSTU time-bucket edges cannot be derived")
+    return (*(int(e) - 1 for e in edges), INT32_MAX)
+
+
+def _estimate_scale(num_buckets: int, divisor: float) -> float:
+    """Multiplier of ln|gap| whose truncation is the reference bucket or one below it.
+
+    1/divisor shrunk by a factor (1 - eps): the estimate then sits below the exact ratio by
+    eps·y, from 0.016 buckets at a 2-second gap up to half a bucket at the largest gap that
+    still matters (int32's end, or the top bucket). A Log off by less than that, a few ulps
+    in fp32, even fp16's 1e-3 relative, can no longer land on the far side of an edge, and
+    ``time_buckets`` then needs only an upward correction: one comparison, one gather."""
+    y_top = min(math.log(2.0 ** 31) / divisor, num_buckets + 1.0)
+    return (1.0 - 0.5 / max(y_top, 1.0)) / divisor
+
+
+def time_buckets(delta: torch.Tensor, num_buckets: int, divisor: float,
+                 bounds: torch.Tensor | None = None) -> torch.Tensor:
+    """bucket(Δ) of int32 gaps, exactly ``reference_bucket`` (Meta's code) on every backend.
+
+    A float Log rounds differently in torch, onnxruntime and ATC (and Meta divides by the
+    divisor where a product by its inverse is cheaper), and a gap within a few ulps of a
+    bucket edge then lands in the neighbouring bucket: the user embedding moves by up to 4e-2
+    and the top-10 changes. So the Log only estimates, biased low (``_estimate_scale``) to the
+    reference bucket or one below, and an int32 comparison of |Δ| with the integer edge table
+    (``bucket_bounds``) adds the missing one. Cost on the (B, T, T) pass: a gather, a Greater,
+    a Cast and an Add, all int32 (the scaled Log was there already); measured on onnxruntime,
+    1 thread, ml-1m shape, batch 64, T = 200: about 3-4 ms, 10% of the prefill.
+
+    Δ must be int32 (timestamps are rebased per history, see genrec.inputs; |Δ| < 2^31): that
+    halves the memory traffic of the one (B, T, T) pass all layers share. ``bounds``: the
+    table as an int32 tensor (the HSTU module's buffer, so exports see a constant); by default
+    the cached one. The bucket comes out int64, the index type of the layers' GatherElements;
+    exported graphs narrow it back to int32 (``genrec.onnx_graph.narrow_index_casts``).
+    """
+    if delta.dtype != torch.int32:
+        raise TypeError(f"time_buckets takes int32 time differences, got {delta.dtype}")
+    if bounds is None:
+        bounds = torch.tensor(bucket_bounds(num_buckets, divisor), dtype=torch.int32, device=delta.device)
+    mag = delta.abs().clamp_min_(1)
+    est = torch.log(mag.to(torch.float32)).mul_(_estimate_scale(num_buckets, divisor)).to(torch.int32)
+    if math.log(2.0 ** 31) / divisor >= num_buckets:  # the estimate can pass the top bucket
+        est = est.clamp_max_(num_buckets)
+    if torch.onnx.is_in_onnx_export():
+        bound = lookup(bounds, est)  # GatherElements: ~2.5x a flat Gather on onnxruntime
+    else:  # eager: int32 indices, no (B, T, T) int64 copy, no expanded table
+        bound = bounds.index_select(0, est.reshape(-1)).view(est.shape)
+    return est.add_((mag > bound).to(torch.int32)).to(torch.int64)
 
 
 ROW_BLOCKS = 3  # query-row blocks of the causal pass from BLOCK_FROM history slots on
@@ -175,6 +250,10 @@ class HSTU(GenerativeRecommender):
         self.layers = nn.ModuleList(HSTULayer(config) for _ in range(config.num_layers))
         self.drop = nn.Dropout(config.dropout)
         self.scale = math.sqrt(config.d_model)
+        # the integer edge table of the time buckets, derived here (never under tracing) from
+        # the config; not a weight, so not in the state dict
+        bounds = bucket_bounds(config.num_buckets, config.bucket_divisor)
+        self.register_buffer("time_bounds", torch.tensor(bounds, dtype=torch.int32), persistent=False)
 
     @property
     def needs_timestamps(self) -> bool:
@@ -188,7 +267,7 @@ class HSTU(GenerativeRecommender):
         return self.drop(self.item_emb(ids) * self.scale + self.pos_emb(pos)) * valid
 
     def _buckets(self, delta: torch.Tensor) -> torch.Tensor:
-        return time_buckets(delta, self.config.num_buckets, self.config.bucket_divisor)
+        return time_buckets(delta, self.config.num_buckets, self.config.bucket_divisor, self.time_bounds)
 
     def encode(self, item_ids, lengths, timestamps=None, request_time=None):
         return self._encode(item_ids, lengths, timestamps, request_time, last_only=False)
