@@ -36,9 +36,30 @@ class Checkpoint:
     path: Path | None = None
 
 
+def non_finite_weight(state_dict: dict[str, Any]) -> str | None:
+    """``"<name> (<n> NaN, <m> Inf of <size> values)"`` for the first floating tensor that
+    holds a NaN or an Inf, else None.
+
+    A NaN weight does not crash anything downstream: every score turns NaN, top-k keeps
+    nothing, and serving answers ``"items": []`` with exit 0. Refusing such weights by name,
+    at save and at load (and so at export), is the only place the cause is still visible."""
+    for name, t in state_dict.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+            return f"{name} ({nan} NaN, {inf} Inf of {t.numel()} values)"
+    return None
+
+
 def save_checkpoint(path: str | Path, model: GenerativeRecommender, id_map: list[int],
                     metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` atomically; ``id_map[i]`` is the raw id of internal item ``i + 1``."""
+    """Write ``model`` atomically; ``id_map[i]`` is the raw id of internal item ``i + 1``.
+    Weights with NaN or Inf (a diverged run) are refused: ``load_checkpoint`` would refuse
+    the file anyway, and better no file than one that cannot be used."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    bad = non_finite_weight(state)
+    if bad:
+        raise CheckpointError(f"{path}: refusing to save: weight {bad} is not finite "
+                              "(did training diverge?)")
     meta = {"created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "genrec_version": __version__, **(metadata or {})}
     blob = {
@@ -46,7 +67,7 @@ def save_checkpoint(path: str | Path, model: GenerativeRecommender, id_map: list
         "version": VERSION,
         "arch": model.config.arch,
         "config": model.config.to_dict(),
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "state_dict": state,
         "num_items": model.config.num_items,
         "id_map": [int(i) for i in id_map],
         "metadata": meta,
@@ -97,6 +118,10 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Checkpoint:
         if tuple(t.shape) != tuple(expected[name].shape):
             raise CheckpointError(f"{path}: weight {name} has shape {tuple(t.shape)}, "
                                   f"the config expects {tuple(expected[name].shape)}")
+    bad = non_finite_weight(blob["state_dict"])
+    if bad:
+        raise CheckpointError(f"{path}: weight {bad} is not finite; a model with NaN or Inf "
+                              "weights scores every item NaN and recommends nothing")
     model.load_state_dict(blob["state_dict"])
     model.eval()
     return Checkpoint(model, config, list(blob["id_map"]), dict(blob.get("metadata", {})), path)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,48 @@ def test_weights_that_do_not_match_the_config(tmp_path: Path):
     torch.save(blob, path)
     with pytest.raises(CheckpointError, match="has shape"):
         load_checkpoint(path)
+
+
+def _with_weight(tmp_path: Path, name: str, value: float) -> tuple[Path, int]:
+    """A saved HSTU checkpoint whose weight ``name`` holds ``value`` at one place; its size."""
+    model = init_model(make_config("hstu", NUM_ITEMS, "small", max_len=10), seed=0)
+    path = save_checkpoint(tmp_path / "m.pt", model, list(range(1, NUM_ITEMS + 1)))
+    blob = torch.load(path, weights_only=True)
+    blob["state_dict"][name].view(-1)[7] = value
+    torch.save(blob, path)
+    return path, blob["state_dict"][name].numel()
+
+
+@pytest.mark.parametrize("name, value, counts", [
+    ("layers.1.w_ts", float("nan"), "1 NaN, 0 Inf"),
+    ("item_emb.weight", float("-inf"), "0 NaN, 1 Inf"),
+])
+def test_non_finite_weights_are_refused_by_name(tmp_path: Path, name: str, value: float, counts: str):
+    """NaN scores drop every item from top-k: such a model served ``"items": []`` with exit 0."""
+    path, size = _with_weight(tmp_path, name, value)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert str(err.value) == (f"{path}: weight {name} ({counts} of {size} values) is not finite; "
+                              "a model with NaN or Inf weights scores every item NaN and recommends nothing")
+
+
+def test_export_refuses_non_finite_weights(tmp_path: Path):
+    """The exporter loads through load_checkpoint: one error line naming the tensor, no bundle."""
+    path, _ = _with_weight(tmp_path, "layers.0.uvqk.weight", float("nan"))
+    out = tmp_path / "bundle"
+    proc = subprocess.run([sys.executable, "-m", "genrec", "export", str(path), "-o", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [f"error: {path}: weight layers.0.uvqk.weight (1 NaN, 0 Inf of "
+                                        f"{32 * 2 * 2 * 32} values) is not finite; a model with NaN or Inf "
+                                        "weights scores every item NaN and recommends nothing"], proc.stderr
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+def test_non_finite_weights_are_not_saved(tmp_path: Path):
+    model = init_model(make_config("sasrec", NUM_ITEMS, "small", max_len=10), seed=0)
+    with torch.no_grad():
+        model.item_emb.weight[3, 1] = float("nan")
+    with pytest.raises(CheckpointError, match=r"m\.pt: refusing to save: weight item_emb\.weight \(1 NaN"):
+        save_checkpoint(tmp_path / "m.pt", model, list(range(1, NUM_ITEMS + 1)))
+    assert list(tmp_path.iterdir()) == []  # no file, no temporary left behind

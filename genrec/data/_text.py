@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +19,45 @@ from genrec.errors import DataError
 SEP_ALIASES = {"tab": "\t", "\\t": "\t", "comma": ",", "space": " ", "whitespace": " "}
 
 
+# C0 and C1 control characters except tab (a separator); \n and \r end lines (Python's universal
+# newlines turn \r\n and \r into \n when reading)
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+ENCODING = "utf-8-sig"  # UTF-8 that drops a byte-order mark at the start of the file (Excel writes one)
+
+
 def read_lines(path: Path) -> list[str]:
-    """All physical lines of a text file (``.gz`` allowed); DataError if unreadable."""
+    """All physical lines of a text file (``.gz`` allowed); DataError if unreadable.
+
+    A UTF-8 byte-order mark at the start is dropped: kept, it would glue itself to the first
+    user id or header name. Control characters (C0 and C1, tab aside) are refused with file
+    and line: a NUL-padded or binary-damaged file would otherwise yield ids no request can
+    ever match, and some of them (vertical tab, form feed, U+001C-U+001E) silently split
+    lines or fields in ``str.splitlines``/``str.split``. Lines are split at newlines only, as
+    an editor counts them, so the line numbers in errors are the ones the user sees.
+    """
     try:
         if path.suffix == ".gz":
-            with gzip.open(path, "rt", encoding="utf-8") as fh:
-                return fh.read().splitlines()
-        return path.read_text(encoding="utf-8").splitlines()
+            with gzip.open(path, "rt", encoding=ENCODING) as fh:
+                text = fh.read()
+        else:
+            text = path.read_text(encoding=ENCODING)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError, EOFError) as exc:
         raise DataError(f"{path}: cannot read: {exc}") from None
+    bad = CONTROL.search(text)
+    if bad:
+        start = text.rfind("\n", 0, bad.start()) + 1
+        end = text.find("\n", bad.start())
+        line = text[start:end if end >= 0 else len(text)]
+        col = bad.start() - start
+        lineno = text.count("\n", 0, bad.start()) + 1
+        raise DataError(f"{path}:{lineno}: control character U+{ord(bad.group()):04X} at column {col + 1} "
+                        f"in {line[max(0, col - 30):col + 30]!r}; ids and values must be printable text")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    return lines
 
 
 def data_lines(lines: list[str]) -> list[tuple[int, str]]:
@@ -65,8 +94,8 @@ def split_fields(line: str, sep: str) -> list[str]:
 def first_data_line(path: Path) -> tuple[int, str] | None:
     """The first non-blank line and its number, reading no further (format detection)."""
     try:
-        opener = gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(
-            path, encoding="utf-8"
+        opener = gzip.open(path, "rt", encoding=ENCODING) if path.suffix == ".gz" else open(
+            path, encoding=ENCODING
         )
         with opener as fh:
             for n, line in enumerate(fh, start=1):
