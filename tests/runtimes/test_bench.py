@@ -126,32 +126,3 @@ def test_not_a_bundle(tmp_path):
     proc = genrec("bench", tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
-
-
-def test_castlike_folding_keeps_the_graph_identical(bundles):
-    """The load-time speedup (CastLike -> Cast, so onnxruntime constant-folds) changes no output."""
-    import onnx
-    import onnxruntime as ort
-
-    from genrec.bundle import load_bundle
-    from genrec.runtimes.onnxrt import fold_castlike
-
-    bundle = load_bundle(bundles["hstu"])
-    path = bundle.graph_path("prefill", bundle.precisions[0])
-    folded = fold_castlike(path)
-    if folded is None:  # nothing to fold (an exporter that already folds them)
-        return
-    assert not any(n.op_type == "CastLike" for n in onnx.load_from_string(folded).graph.node)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    before = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    after = ort.InferenceSession(folded, opts, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    b, t = 4, bundle.dims.max_history
-    feeds = {"item_ids": rng.integers(1, bundle.dims.num_items + 1, (b, t)).astype(np.int32),
-             "lengths": np.array([1, 5, t - 1, t], np.int32),
-             "timestamps": np.sort(rng.integers(0, 10**6, (b, t)), axis=1).astype(np.int32),
-             "request_time": np.full(b, 10**6 + 5, np.int32),
-             "exclude_ids": np.zeros((b, bundle.dims.max_exclude), np.int32)}
-    for x, y in zip(before.run(None, feeds), after.run(None, feeds)):
-        np.testing.assert_array_equal(x, y)
