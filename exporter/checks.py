@@ -115,6 +115,9 @@ class Worst:
 
     def update(self, got: np.ndarray, ref: np.ndarray, atol: float, rtol: float, where: str) -> None:
         got, ref = got.astype(np.float64), ref.astype(np.float64)
+        if np.isnan(ref).any() or np.isnan(got).any():  # NaN == NaN would pass as a match
+            self.excess, self.where = float("inf"), where + " (NaN in the output)"
+            return
         finite = np.isfinite(ref)
         if not np.array_equal(finite, np.isfinite(got)):
             self.excess, self.where = float("inf"), where + " (inf/nan pattern differs)"

@@ -198,7 +198,9 @@ def load_histories(ckpt: Checkpoint, data: str | Path | None, n: int = 256) -> H
 
     source = data or ckpt.metadata.get("dataset")
     if not source or not Path(source).exists():
-        return random_histories(n, ckpt.config.num_items, ckpt.config.max_len)
+        buckets = getattr(ckpt.config, "num_buckets", None)  # HSTU: put gaps on its own bucket edges
+        return random_histories(n, ckpt.config.num_items, ckpt.config.max_len,
+                                bucket_config=(buckets, ckpt.config.bucket_divisor) if buckets else None)
     seqs = read_sequences(source, item_map=ItemMap.from_list(ckpt.id_map))
     ex = leave_one_out(seqs).sample(n, seed=0).examples("test")
     req = ex.target_times
