@@ -15,9 +15,17 @@ histories are right-padded to T keeping the most recent T items (``genrec.inputs
 
 Exclusions: an item is never returned if it is in the history, the deny list or (generate)
 the slate so far. Up to X of them go to the graph's ``exclude_ids`` (slate first, then deny
-list, then the most recent history); the overflow is filtered on the host from the K'
-candidates, which therefore must hold ``needed + overflow`` items (ConfigError otherwise).
-Overflow ids stay in the graph's ``log_z``: the bundle's X should cover typical histories.
+list, then the most recent history); the rest (the overflow) are handled on the host by
+``exact.resolve``, so that every answer equals the fully masked catalogue's whatever the
+history length: overflow ids are filtered from the graph's top-K, generate's ``log_z`` is
+corrected by their mass, and a row whose filtered top-K holds too few items (or whose overflow
+held most of the mass) is scored over the whole catalogue on the host from ``user_emb`` and
+the head's item table. No request is refused for the length of its history or deny list.
+
+Errors about one request raise ``RequestError(message, index)``, ``index`` its 0-based
+position in the sequence passed in, the message naming it with ``where(index)`` (default
+``request {index + 1}``; the CLI names the JSONL line), so a caller can drop it and rerun the
+rest.
 """
 
 from __future__ import annotations
@@ -29,17 +37,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from genrec.errors import ConfigError, DataError
+from genrec.errors import ConfigError, DataError, RequestError
 from genrec.inputs import history_feed
 
 from .base import Backend, PrefillBatch, State, StepOutput
-from .requests import Prepared, Request, Result, cut, request_from_json, validate_requests
+from .exact import resolve
+from .requests import Prepared, Request, Result, cut, request_from_json, validate_request, validate_requests
 
 __all__ = ["Request", "Result", "SearchParams", "generate", "prepare", "rank", "recommend"]
 
 STRATEGIES = ("greedy", "beam", "sample")
 DENSE_KEYS = 1 << 22  # largest (rows x id span) table ``_exclude`` dedupes in (32 MiB of int64)
 OnBatch = Callable[[int, float], None]  # (requests in the batch, seconds it took)
+Where = Callable[[int], str]  # names request i (0-based) of the sequence passed in, in errors
+
+
+def _request_n(i: int) -> str:
+    """The default ``where``: requests counted from 1, like the lines of a file."""
+    return f"request {i + 1}"
 
 
 @dataclass
@@ -72,14 +87,43 @@ class SearchParams:
 # requests -> validated rows -> padded batches
 
 
-def prepare(backend: Backend, requests: Sequence[Request | dict], need_candidates: bool = False
-            ) -> list[Prepared]:
-    """Validate every request (DataError naming the first bad one) and map it to internal ids."""
+def prepare(backend: Backend, requests: Sequence[Request | dict], need_candidates: bool = False, *,
+            where: Where | None = None) -> list[Prepared]:
+    """Validate every request and map it to internal ids.
+
+    The first bad request raises ``RequestError(message, index)``, the message starting with
+    ``where(index)`` and its user_id, so that a streaming caller can name its input line and
+    skip just that request. ``validate_requests`` (the fast batch check) says which request
+    only in its message, so on failure the requests are checked one by one to find the index.
+    """
+    where = where or _request_n
     d = backend.dims
-    reqs = [request_from_json(r, f"request {i}") if isinstance(r, dict) else r for i, r in enumerate(requests)]
-    return validate_requests(reqs, backend.item_map, d.needs_timestamps,
-                             lambda i: f"request {i} (user_id {reqs[i].user_id!r})", d.max_history,
+    reqs: list[Request] = []
+    for i, r in enumerate(requests):
+        try:
+            reqs.append(request_from_json(r, where(i)) if isinstance(r, dict) else r)
+        except DataError as e:
+            raise (e if isinstance(e, RequestError) else RequestError(str(e), i)) from None
+    name = lambda i: f"{where(i)} (user_id {reqs[i].user_id!r})"  # noqa: E731
+    try:
+        return validate_requests(reqs, backend.item_map, d.needs_timestamps, name, d.max_history,
+                                 need_candidates)
+    except RequestError:
+        raise
+    except DataError as e:
+        error = e
+    for i, r in enumerate(reqs):
+        try:
+            validate_request(r, backend.item_map, d.needs_timestamps, name(i), d.max_history,
                              need_candidates)
+        except DataError as e:
+            raise RequestError(str(e), i) from None
+    raise error
+
+
+def _namer(where: Where, start: int, rows: list[Prepared]) -> Callable[[int], str]:
+    """Names row i of a chunk starting at request ``start``: ``where`` and its user_id."""
+    return lambda i: f"{where(start + i)} (user_id {rows[i].user_id!r})"
 
 
 def _chunks(backend: Backend, rows: list, batch_size: int | None, per_request: int = 1):
@@ -104,7 +148,7 @@ def _pad(a: np.ndarray | None, g: int) -> np.ndarray | None:
     return np.concatenate([a, np.repeat(a[:1], g - len(a), axis=0)])
 
 
-def _exclude(backend: Backend, lists: list[np.ndarray], needed: int, where: Callable[[int], str],
+def _exclude(backend: Backend, lists: list[np.ndarray], needed: int = 1, where: Where | None = None,
              k: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
     """Per-row exclusion lists -> (exclude_ids (n, X) int32, overflow ids per row for the host).
 
@@ -112,9 +156,10 @@ def _exclude(backend: Backend, lists: list[np.ndarray], needed: int, where: Call
     the first X in ``exclude_ids`` and the rest as overflow; done for all rows at once: the
     first occurrence of every (row, id) key is found with one ``minimum.at`` into a dense
     (rows x ids) table when that table is small, else with one stable sort of the keys.
+    Any overflow is fine (``exact.resolve`` answers such rows exactly); ``needed``, ``where``
+    and ``k`` sized the old refusal and are ignored, kept for parity's and bench's calls.
     """
     x, n = backend.dims.max_exclude, len(lists)
-    k = k or backend.dims.topk  # candidates of the graph the list feeds
     out = np.zeros((n, x), np.int32)
     sizes = np.fromiter((len(ids) for ids in lists), np.int64, n)
     flat = np.concatenate(lists).astype(np.int64, copy=False) if sizes.sum() else np.zeros(0, np.int64)
@@ -140,9 +185,6 @@ def _exclude(backend: Backend, lists: list[np.ndarray], needed: int, where: Call
     rank = np.arange(flat.size) - (np.cumsum(counts) - counts)[rows]  # index within the row
     inside = rank < x
     out[rows[inside], rank[inside]] = flat[inside]
-    bad = np.flatnonzero((counts > x) & (needed + counts - x > k))
-    if bad.size:
-        raise _overflowing(where(int(bad[0])), int(counts[bad[0]]), x, k, needed)
     extra = np.maximum(counts - x, 0)
     if not extra.any():
         empty = flat[:0]
@@ -150,8 +192,7 @@ def _exclude(backend: Backend, lists: list[np.ndarray], needed: int, where: Call
     return out, cut(flat[~inside], extra)
 
 
-def _push(backend: Backend, excl: np.ndarray, overflow: list[np.ndarray], items: np.ndarray,
-          needed: int, where: Callable[[int], str], k: int | None = None
+def _push(backend: Backend, excl: np.ndarray, overflow: list[np.ndarray], items: np.ndarray
           ) -> tuple[np.ndarray, list[np.ndarray]] | None:
     """``_exclude`` of each row's list with ``items[i]`` put in front, from that row's previous result.
 
@@ -160,9 +201,10 @@ def _push(backend: Backend, excl: np.ndarray, overflow: list[np.ndarray], items:
     old ones: ``exclude_ids`` shifts right by one and the id pushed past X leads the overflow.
     Returns None when an item is already listed (the caller redoes the full ``_exclude``).
     """
-    x, k = backend.dims.max_exclude, k or backend.dims.topk
-    if not x or (excl == items[:, None]).any() or any(
-            o.size and np.isin(items[i], o) for i, o in enumerate(overflow)):
+    x = backend.dims.max_exclude
+    sizes = np.fromiter((o.size for o in overflow), np.int64, len(overflow))
+    if not x or (excl == items[:, None]).any() or (
+            sizes.any() and (np.concatenate(overflow) == np.repeat(items, sizes)).any()):
         return None
     out = np.empty_like(excl)
     out[:, 0], out[:, 1:] = items, excl[:, :-1]
@@ -173,17 +215,7 @@ def _push(backend: Backend, excl: np.ndarray, overflow: list[np.ndarray], items:
     overflow = list(overflow)
     for i in full:
         overflow[i] = np.concatenate([dropped[i:i + 1].astype(np.int64), overflow[i]])
-        if needed + overflow[i].size > k:
-            raise _overflowing(where(int(i)), x + overflow[i].size, x, k, needed)
     return out, overflow
-
-
-def _overflowing(where: str, size: int, x: int, k: int, needed: int) -> ConfigError:
-    """A row excludes ``size`` ids: X go to the graph, and its K candidates can't hold the rest."""
-    return ConfigError(
-        f"{where}: {size} excluded items exceed the bundle's exclude width X={x}; "
-        f"the rest are filtered from the top K'={k}, which must then hold "
-        f"{needed} + {size - x}; re-export with a larger max_exclude or topk (step_topk)")
 
 
 def _keep(out: StepOutput, row: int, overflow: np.ndarray) -> np.ndarray:
@@ -203,10 +235,11 @@ def _valid(out: StepOutput, overflow: list[np.ndarray]) -> np.ndarray:
     return keep
 
 
-def _candidates(out: StepOutput, row: int, overflow: np.ndarray, temperature: float
+def _candidates(out: StepOutput, row: int, temperature: float
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row ``row``'s valid top-K': (ids, raw scores, normalised log-probs), best first."""
-    keep = _keep(out, row, overflow)
+    """Row ``row``'s valid top-K of a resolved output (``exact.resolve``: every exclusion
+    masked): (ids, raw scores, normalised log-probs), best first."""
+    keep = np.isfinite(out.topk_scores[row])
     ids, scores = out.topk_ids[row][keep], out.topk_scores[row][keep]
     return ids, scores, scores.astype(np.float64) / temperature - float(out.log_z[row])
 
@@ -254,24 +287,33 @@ def _history_exclusions(rows: list[Prepared], with_history: bool = True) -> list
 
 
 def recommend(backend: Backend, requests: Sequence[Request | dict], k: int = 10, *,
-              batch_size: int | None = None, on_batch: OnBatch | None = None) -> list[Result]:
-    """Top-``k`` raw item ids per request after one prefill, history and deny list excluded."""
+              batch_size: int | None = None, on_batch: OnBatch | None = None,
+              where: Where | None = None) -> list[Result]:
+    """Top-``k`` raw item ids per request after one prefill, history and deny list excluded.
+
+    Exact for any history length (``exact.resolve``). A request whose exclusions leave fewer
+    than ``k`` items gets what remains (an empty list if nothing does): a shorter list is
+    still the right answer to "the best k", unlike a slate that cannot be completed.
+    ``where(i)`` names request i in errors (default ``request {i + 1}``).
+    """
     if not 1 <= k <= backend.dims.topk:
         raise ConfigError(f"k={k} must be in 1..{backend.dims.topk} (the bundle's top K')")
-    rows, results = prepare(backend, requests), []
+    where = where or _request_n
+    rows, results = prepare(backend, requests, where=where), []
     for start, chunk in _chunks(backend, rows, batch_size):
         t0 = time.perf_counter()
-        excl, overflow = _exclude(backend, _history_exclusions(chunk), k,
-                                  lambda i: f"request {start + i}")
+        excl, overflow = _exclude(backend, _history_exclusions(chunk))
         b = _prefill(backend, chunk, excl)
         n = len(chunk)
-        keep = _valid(b.out, overflow)
-        ids, scores = b.out.topk_ids[:n], b.out.topk_scores[:n]
-        if keep[:, :k].all():  # the usual case: the first k candidates of every row are valid
-            items, values = _raw(backend, ids[:, :k]), scores[:, :k].tolist()
+        out = resolve(backend, b.out, excl, overflow, k, False, lambda r: start + r,
+                      _namer(where, start, chunk))
+        ids, scores = out.topk_ids[:n, :k], out.topk_scores[:n, :k]
+        keep = np.isfinite(scores)  # resolved rows hold their valid candidates first
+        if keep.all():  # the usual case: k valid candidates in every row
+            items, values = _raw(backend, ids), scores.tolist()
         else:
-            items = [_raw(backend, ids[i][keep[i]][:k]) for i in range(n)]
-            values = [scores[i][keep[i]][:k].tolist() for i in range(n)]
+            items = [_raw(backend, ids[i][keep[i]]) for i in range(n)]
+            values = [scores[i][keep[i]].tolist() for i in range(n)]
         results.extend(Result(r.user_id, it, sc) for r, it, sc in zip(chunk, items, values))
         _timed(on_batch, n, t0)
     return results
@@ -283,9 +325,16 @@ def recommend(backend: Backend, requests: Sequence[Request | dict], k: int = 10,
 
 def generate(backend: Backend, requests: Sequence[Request | dict], steps: int,
              params: SearchParams | None = None, *, batch_size: int | None = None,
-             on_batch: OnBatch | None = None) -> list[Result]:
-    """Slates of ``steps`` raw item ids per request; ``Result.scores`` are per-item log-probs."""
+             on_batch: OnBatch | None = None, where: Where | None = None) -> list[Result]:
+    """Slates of ``steps`` raw item ids per request; ``Result.scores`` are per-item log-probs.
+
+    Exact for any history length: candidates and log-probs are those of the catalogue with
+    the history, deny list and slate so far masked (``exact.resolve`` after every prefill and
+    step). A request that runs out of items before its slate is full raises
+    ``RequestError`` naming it with ``where(i)`` (default ``request {i + 1}``).
+    """
     params = params or SearchParams()
+    where = where or _request_n
     d = backend.dims
     if not 1 <= steps <= d.capacity - d.max_history:
         raise ConfigError(f"steps={steps} must be in 1..{d.capacity - d.max_history}: the bundle's "
@@ -296,12 +345,12 @@ def generate(backend: Backend, requests: Sequence[Request | dict], steps: int,
     if beam and params.num_beams > d.step_topk and d.step_topk < d.num_items:
         raise ConfigError(f"num_beams={params.num_beams} exceeds the bundle's step top-K={d.step_topk}; "
                           "re-export with a larger --step-topk")
-    rows, results = prepare(backend, requests), []
+    rows, results = prepare(backend, requests, where=where), []
     per_request = params.num_beams if beam else 1
     for start, chunk in _chunks(backend, rows, batch_size, per_request):
         t0 = time.perf_counter()
         run = _beam_chunk if beam else _greedy_chunk
-        slates = run(backend, chunk, start, steps, params)
+        slates = run(backend, chunk, start, steps, params, where)
         raw = backend.item_map.to_raw(np.stack([ids for ids, _ in slates])).tolist()  # one lookup
         for r, items, (_, logps) in zip(chunk, raw, slates):
             total = float(np.sum(logps)) / max(len(logps), 1) ** params.length_penalty
@@ -322,89 +371,108 @@ def _sample(logps: np.ndarray, params: SearchParams, rng: np.random.Generator) -
     return min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), cum.size - 1)
 
 
-def _no_items(start: int, i: int, s: int) -> ConfigError:
-    return ConfigError(f"request {start + i}: no item left to recommend at step {s + 1} "
-                       "(the catalogue is exhausted by the history, deny list and slate)")
+def _no_items(name: str, index: int, s: int) -> RequestError:
+    return RequestError(f"{name}: no item left to recommend at step {s + 1} (the catalogue "
+                        "is exhausted by the history, deny list and slate)", index)
 
 
 def _greedy_pick(out: StepOutput, overflow: list[np.ndarray], start: int, s: int) -> np.ndarray:
     """Index into each row's top-K of its best valid candidate (the first one kept), for the
-    first n = len(overflow) rows; ``_no_items`` naming the first row with none left."""
+    first n = len(overflow) rows; ``_no_items`` naming the first row with none left.
+
+    For parity's trace, which feeds both backends the reference's picks. It sees only the
+    graph's top-K: a row whose overflow covers all of it has no pick here although items
+    remain; the loop itself picks from ``exact.resolve``'s output instead."""
     keep = _valid(out, overflow)
     found = keep.any(axis=1)
     if not found.all():
-        raise _no_items(start, int(np.argmin(found)), s)
+        i = int(np.argmin(found))
+        raise _no_items(_request_n(start + i), start + i, s)
     return np.argmax(keep, axis=1)
 
 
 def _greedy_chunk(backend: Backend, rows: list[Prepared], start: int, steps: int,
-                  params: SearchParams) -> list[tuple[np.ndarray, np.ndarray]]:
+                  params: SearchParams, where: Where) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Greedy or sampled slates of one chunk: one cache row per request."""
     d, n = backend.dims, len(rows)
     base = _history_exclusions(rows, not params.allow_repeats)
     rngs = ([np.random.default_rng(np.random.SeedSequence(params.seed, spawn_key=(start + i,)))
              for i in range(n)] if params.strategy == "sample" else [])
     slates = np.zeros((n, steps), np.int64)
     logps = np.zeros((n, steps))
-    where = lambda i: f"request {start + i}"  # noqa: E731
-    excl, overflow = _exclude(backend, base, 1, where, d.step_topk)  # checked for the steps' K too
+    name, index = _namer(where, start, rows), lambda r: start + r
+    excl, overflow = _exclude(backend, base)
     b = _prefill(backend, rows, excl)
     out, g = b.out, b.state.batch
-    every = np.arange(n)
     for s in range(steps):
         if s:
             if not params.allow_repeats:  # with repeats allowed the exclusions never change
-                pushed = _push(backend, excl, overflow, slates[:, s - 1], 1, where, d.step_topk)
+                pushed = _push(backend, excl, overflow, slates[:, s - 1])
                 if pushed is None:
                     lists = [np.concatenate([slates[i, s - 1::-1], x]) for i, x in enumerate(base)]
-                    pushed = _exclude(backend, lists, 1, where, d.step_topk)
+                    pushed = _exclude(backend, lists)
                 excl, overflow = pushed
             out = backend.step(b.state, _pad(slates[:, s - 1], g), _pad(b.lengths + s - 1, g),
                                _pad(b.request_time, g), _pad(excl, g))
+        width = out.topk_ids.shape[1]
+        # greedy needs the best valid item; sampling the whole candidate list it draws from
+        needed = 1 if params.strategy == "greedy" else min(params.top_k or width, width)
+        out = resolve(backend, out, excl, overflow, needed, True, index, name)
         if params.strategy == "greedy":  # the best valid candidate of every row at once
-            j = _greedy_pick(out, overflow, start, s)
-            slates[:, s] = out.topk_ids[every, j]
-            logps[:, s] = (out.topk_scores[every, j].astype(np.float64) / d.temperature
-                           - out.log_z[:n].astype(np.float64))
+            best = out.topk_scores[:n, 0]
+            found = np.isfinite(best)
+            if not found.all():
+                i = int(np.argmin(found))
+                raise _no_items(name(i), start + i, s)
+            slates[:, s] = out.topk_ids[:n, 0]
+            logps[:, s] = best.astype(np.float64) / d.temperature - out.log_z[:n].astype(np.float64)
             continue
         for i in range(n):
-            ids, _, lp = _candidates(out, i, overflow[i], d.temperature)
+            ids, _, lp = _candidates(out, i, d.temperature)
             if not ids.size:
-                raise _no_items(start, i, s)
+                raise _no_items(name(i), start + i, s)
             j = _sample(lp, params, rngs[i])
             slates[i, s], logps[i, s] = ids[j], lp[j]
     return list(zip(slates, logps))
 
 
 def _beam_chunk(backend: Backend, rows: list[Prepared], start: int, steps: int,
-                params: SearchParams) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Beam search: W hypotheses per request, one cache row each, reordered after every step."""
+                params: SearchParams, where: Where) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Beam search: W hypotheses per request, one cache row each, reordered after every step.
+
+    Each hypothesis needs its W best valid continuations (the W best slates of the next
+    length are among them), so ``exact.resolve`` is asked for W per row."""
     d, n, w = backend.dims, len(rows), params.num_beams
     base = _history_exclusions(rows, not params.allow_repeats)
     items = np.zeros((n, w, steps), np.int64)  # slate of every hypothesis
     logps = np.zeros((n, w, steps))  # log p of each of its items
     score = np.full((n, w), -np.inf)  # sum of log p; -inf = no hypothesis in this slot
-    excl, overflow = _exclude(backend, base, w, lambda i: f"request {start + i}", d.step_topk)
+    name = _namer(where, start, rows)
+    excl, overflow = _exclude(backend, base)
     b = _prefill(backend, rows, excl)
+    out = resolve(backend, b.out, excl, overflow, w, True, lambda r: start + r, name)
     for i in range(n):
-        ids, _, lp = _candidates(b.out, i, overflow[i], d.temperature)
+        ids, _, lp = _candidates(out, i, d.temperature)
         if not ids.size:
-            raise _no_items(start, i, 0)
+            raise _no_items(name(i), start + i, 0)
         m = min(w, ids.size)
         items[i, :, 0], items[i, :m, 0], logps[i, :m, 0], score[i, :m] = ids[0], ids[:m], lp[:m], lp[:m]
     g = _gear(backend, n * w)  # one cache row per hypothesis from here on
     lengths = np.repeat(b.lengths, w)
     req = None if b.request_time is None else np.repeat(b.request_time, w)
     base_rows = [base[i] for i in range(n) for _ in range(w)]
-    where = lambda r: f"request {start + r // w}"  # noqa: E731
+    row_name, row_index = lambda r: name(r // w), lambda r: start + r // w
     if steps > 1:
         backend.reorder(b.state, _pad(np.repeat(np.arange(n), w), g))
     for s in range(1, steps):
         flat = items.reshape(n * w, steps)
         lists = base_rows if params.allow_repeats else [
             np.concatenate([flat[r, :s][::-1], base_rows[r]]) for r in range(n * w)]
-        excl, overflow = _exclude(backend, lists, w, where, d.step_topk)
+        excl, overflow = _exclude(backend, lists)
         out = backend.step(b.state, _pad(flat[:, s - 1], g), _pad(lengths + s - 1, g),
                            _pad(req, g), _pad(excl, g))
+        # dead slots (score -inf) copy the best hypothesis and are skipped below
+        out = resolve(backend, out, excl, overflow, w, True, row_index, row_name)
         parents = np.zeros((n, w), np.int64)
         k = out.topk_ids.shape[1]  # the step graph's K
         for i in range(n):
@@ -412,13 +480,13 @@ def _beam_chunk(backend: Backend, rows: list[Prepared], start: int, steps: int,
             cand, cand_lp = np.zeros((w, k), np.int64), np.zeros((w, k))
             for h in range(w):
                 if np.isfinite(score[i, h]):
-                    ids, _, lp = _candidates(out, i * w + h, overflow[i * w + h], d.temperature)
+                    ids, _, lp = _candidates(out, i * w + h, d.temperature)
                     total[h, :ids.size], cand[h, :ids.size], cand_lp[h, :ids.size] = score[i, h] + lp, ids, lp
             flat_total = total.ravel()
             best = np.argsort(-flat_total, kind="stable")[:w]  # ties: earlier beam, better rank
             alive = np.isfinite(flat_total[best])
             if not alive[0]:
-                raise _no_items(start, i, s)
+                raise _no_items(name(i), start + i, s)
             score[i] = np.where(alive, flat_total[best], -np.inf)
             par, j = np.divmod(np.where(alive, best, best[0]), k)  # dead slots copy the best
             items[i], logps[i] = items[i, par], logps[i, par]
@@ -436,18 +504,19 @@ def _beam_chunk(backend: Backend, rows: list[Prepared], start: int, steps: int,
 
 def rank(backend: Backend, requests: Sequence[Request | dict],
          candidates: Sequence[Sequence[int]] | None = None, *, batch_size: int | None = None,
-         on_batch: OnBatch | None = None) -> list[Result]:
+         on_batch: OnBatch | None = None, where: Where | None = None) -> list[Result]:
     """Score each request's candidates (``candidates[i]`` or ``requests[i].candidates``), best first.
 
     M-FALCON: the history is prefilled once, then the rank graph scores M candidates at a
     time, each seeing the history and itself only, so every score equals appending that
     candidate alone; the last microbatch is padded with the row's first candidate.
+    ``where(i)`` names request i in errors (default ``request {i + 1}``).
     """
     if candidates is not None:
         if len(candidates) != len(requests):
             raise DataError(f"{len(candidates)} candidate lists for {len(requests)} requests")
         requests = [_with_candidates(r, c) for r, c in zip(requests, candidates)]
-    rows, results = prepare(backend, requests, need_candidates=True), []
+    rows, results = prepare(backend, requests, need_candidates=True, where=where), []
     m = backend.dims.rank_candidates
     for start, chunk in _chunks(backend, rows, batch_size):
         t0 = time.perf_counter()

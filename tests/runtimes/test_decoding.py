@@ -12,7 +12,7 @@ import torch
 from rt_support import assert_same_results
 
 from genrec.checkpoint import load_checkpoint, save_checkpoint
-from genrec.errors import ConfigError, DataError
+from genrec.errors import ConfigError, RequestError
 from genrec.inputs import history_feed
 from genrec.models import build_model, make_config
 from genrec.runtimes import PrefillBatch, Request, SearchParams, generate, get_backend, rank, recommend
@@ -76,8 +76,9 @@ def test_beam_search_matches_exhaustive_enumeration(tiny):
 def test_catalogue_exhaustion_is_an_error(tiny):
     _, backend = tiny
     request = Request("u", TINY_RAW[:6], list(range(6)), 10)  # 2 items left for 3 steps
-    with pytest.raises(ConfigError, match="no item left"):
+    with pytest.raises(RequestError, match=r"^request 1 \(user_id 'u'\): no item left") as e:
         generate(backend, [request], 3)
+    assert e.value.index == 0
 
 
 @pytest.mark.parametrize("strategy", ["greedy", "beam", "sample"])
@@ -173,16 +174,18 @@ def test_exclusions_beyond_x_are_filtered_on_the_host(backends, requests):
     for backend in (torch_backend, ort_backend):
         got = recommend(backend, [denied], 10)[0]
         assert got.items == [i for i in top if i not in deny][:10]
-    many = ort_backend.item_map.to_raw(np.arange(1, 61)).tolist()  # 60 + history > X + K' - k
-    too_many = Request(req.user_id, req.items, req.timestamps, req.request_time, many)
-    with pytest.raises(ConfigError, match="exclude width"):
-        recommend(ort_backend, [too_many], 10)
+    # 60 + history > X + K' - k, once refused: now answered, the same on both backends
+    many = ort_backend.item_map.to_raw(np.arange(1, 61)).tolist()
+    longer = Request(req.user_id, req.items, req.timestamps, req.request_time, many)
+    got = [recommend(b, [longer], 10)[0] for b in (torch_backend, ort_backend)]
+    assert_same_results(got[:1], got[1:])
+    assert len(got[0].items) == 10 and not set(got[0].items) & (set(many) | set(req.items))
 
 
 def test_api_errors_name_the_request(backends, requests):
     _, ort_backend = backends["hstu"]
     bad = Request("bob", requests[0].items, None)  # hstu needs timestamps
-    with pytest.raises(DataError, match=r"request 1 \(user_id 'bob'\): timestamps are required"):
+    with pytest.raises(RequestError, match=r"request 2 \(user_id 'bob'\): timestamps are required"):
         recommend(ort_backend, [requests[0], bad])
     with pytest.raises(ConfigError, match="k=41"):
         recommend(ort_backend, requests, 41)
