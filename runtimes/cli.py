@@ -1,22 +1,45 @@
 """``genrec run`` / ``genrec-run``: JSONL requests through a backend and the shared loop.
 
 The command is a thin layer over the API: ``get_backend`` + ``recommend`` / ``generate`` /
-``rank``. Every input line is parsed and validated before anything runs; a bad line stops
-the run (no output file is written) unless ``--skip-invalid`` is given, in which case the
-valid lines run and the skipped ones are listed on stderr.
+``rank``, fed in batches as the input is read, so memory is bounded by one batch (plus one
+input line) whatever the size of the input:
+
+    read lines -> parse + validate a batch -> run it -> write its results -> next batch
+
+- The output path is checked before anything is loaded (``genrec.atomic.check_writable``):
+  a directory that cannot be written, a parent that is a file, a device or FIFO, the input
+  file itself, a symlink loop are each one ``error:`` line. A symlinked output is written
+  through (the file it points to is replaced, the link kept).
+- A file output is written to a hidden temporary sibling, renamed into place only when every
+  line has run: the file appears complete or not at all, whatever stops the run (a bad line,
+  Ctrl-C, SIGTERM; a SIGKILL leaves a temporary named after genrec and the pid, which the next
+  run on that path removes). ``--output -`` streams each batch's results as they come.
+- A bad line (not UTF-8, not JSON, a field of the wrong type, an unknown id, ...) stops the
+  run with exit 1, naming the line; the rest of the input is still read and checked (not run)
+  so that the message can say how many more are bad. With ``--skip-invalid`` bad lines, and
+  requests the loop cannot answer (``RequestError``, e.g. no item left), are listed on stderr
+  as ``skipped ...`` and the rest of their batch runs.
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import dataclasses
 import json
 import math
+import os
+from array import array
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import click
 
-from genrec.errors import DataError
+from genrec.errors import DataError, RequestError
 
 STRATEGIES = ("greedy", "beam", "sample")
+MAX_LINE_BYTES = 16 * 2**20  # a longer request line is refused (it would only be memory)
 
 
 def _parse_kv(values: tuple[str, ...]) -> dict[str, str]:
@@ -29,47 +52,263 @@ def _parse_kv(values: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def read_requests(path: str, backend, need_candidates: bool) -> tuple[list, list[str]]:
-    """Parse and validate every line: (valid Requests, error messages naming their lines)."""
-    from .requests import request_from_json, validate_request
+def display_name(path: str) -> str:
+    """A path as an error line shows it: as given, or quoted if it holds a newline or other
+    control character (which would otherwise break the one-line rule)."""
+    return path if path.isprintable() else ascii(path)
 
-    name = "<stdin>" if path == "-" else path
+
+# --------------------------------------------------------------------------------------------
+# input: numbered lines -> Requests
+
+
+class _JSONConstant(ValueError):
+    """NaN / Infinity: Python's json reads them, JSON does not have them."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _JSONConstant(name)
+
+
+def open_requests(path: str) -> tuple[IO[bytes], str, bool]:
+    """(binary stream, name for messages, whether to close it); DataError if it cannot be opened.
+
+    Read as bytes and decoded line by line, so that a bad byte names its line.
+    """
+    if path == "-":
+        return click.get_binary_stream("stdin"), "<stdin>", False
+    name = display_name(path)
     try:
-        stream = click.get_text_stream("stdin") if path == "-" else open(path, encoding="utf-8")
-        with stream:
-            lines = stream.read().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{name}: cannot read requests ({e})") from None
-    d, valid, errors = backend.dims, [], []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
+        fh = open(path, "rb")  # noqa: SIM115 (closed by the caller)
+    except OSError as e:
+        raise DataError(f"{name}: cannot read requests ({(e.strerror or str(e)).lower()})") from None
+    return fh, name, True
+
+
+TOO_LONG = b"\0too long"  # read_lines' marker for a line past MAX_LINE_BYTES (never valid JSON)
+
+
+def _readline(fh: IO[bytes], name: str, limit: int) -> bytes:
+    try:
+        return fh.readline(limit)
+    except OSError as e:
+        raise DataError(f"{name}: cannot read requests ({(e.strerror or str(e)).lower()})") from None
+
+
+def read_lines(fh: IO[bytes], name: str) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, bytes) for each line, a UTF-8 BOM dropped from the first.
+
+    Lines are split on ``\\n`` only (``str.splitlines`` also splits inside a JSON string at
+    U+2028 and friends); a line longer than ``MAX_LINE_BYTES`` is skipped without being held
+    and yielded as ``TOO_LONG``, so memory stays bounded by one (sane) line.
+    """
+    n = 0
+    while raw := _readline(fh, name, MAX_LINE_BYTES + 1):
+        n += 1
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            while raw and not raw.endswith(b"\n"):  # the rest of the line, a chunk at a time
+                raw = _readline(fh, name, MAX_LINE_BYTES)
+            yield n, TOO_LONG
             continue
-        where = f"{name} line {n}"
+        if n == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8):]
+        yield n, raw
+
+
+def parse_line(raw: bytes, where: str) -> Any:
+    """One line -> the Request it holds, None for a blank line; DataError naming ``where``."""
+    from .requests import request_from_json
+
+    if raw is TOO_LONG:
+        raise DataError(f"{where}: longer than {MAX_LINE_BYTES // 2**20} MiB; split the history "
+                        "(only the last T items are used)")
+    try:
+        text = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")  # columns within the line
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
+    if not text.strip():
+        return None
+    try:
+        obj = json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    except _JSONConstant as e:
+        raise DataError(f"{where}: not valid JSON ({e} is not a JSON number)") from None
+    except RecursionError:
+        raise DataError(f"{where}: not valid JSON here (nested too deeply)") from None
+    except ValueError as e:  # an integer of more than 4300 digits (sys.get_int_max_str_digits)
+        raise DataError(f"{where}: not valid JSON here (a number too long to read: "
+                        f"{str(e).split(':')[0].lower()})") from None
+    return request_from_json(obj, where)
+
+
+# --------------------------------------------------------------------------------------------
+# the streaming run
+
+
+@dataclasses.dataclass
+class _Tally:
+    """What the summary line and the final error need; O(1) per batch (8 bytes of latency)."""
+
+    done: int = 0
+    skipped: int = 0
+    first_error: str | None = None
+    more_errors: int = 0
+    latencies: array = dataclasses.field(default_factory=lambda: array("d"))
+
+
+class _Stream:
+    """Batches of (line number, Request) -> validated -> run -> written.
+
+    One batch is one chunk of the loop (requests per call = what the loop runs at once), so
+    that a request the loop refuses (``RequestError``) costs a rerun of one chunk only.
+    """
+
+    def __init__(self, backend, run: Callable[..., list], name: str, out: IO[str], stream_out: bool,
+                 size: int, need_candidates: bool, skip_invalid: bool, say: Callable[[str], None],
+                 params=None):
+        self.be, self.run_fn, self.name, self.out = backend, run, name, out
+        self.stream_out, self.size, self.need_candidates = stream_out, size, need_candidates
+        self.skip, self.say, self.params = skip_invalid, say, params
+        self.tally = _Tally()
+        self.pending: list[tuple[int, Any]] = []
+
+    # -- bad requests
+    def bad(self, message: str) -> None:
+        if self.skip:
+            self.tally.skipped += 1
+            self.say(f"skipped {message}")
+        elif self.tally.first_error is None:
+            self.tally.first_error = message
+        else:
+            self.tally.more_errors += 1
+
+    @property
+    def failed(self) -> bool:
+        return self.tally.first_error is not None
+
+    # -- feeding
+    def add(self, n: int, raw: bytes) -> None:
+        """Line ``n``; a batch is ``size`` non-blank lines, bad ones included, so that what is
+        held stays bounded and bad lines are reported in line order with their batch's."""
+        where = f"{self.name} line {n}"
         try:
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            req = request_from_json(obj, where)
-            validate_request(req, backend.item_map, d.needs_timestamps, where, d.max_history,
-                             need_candidates)
-            valid.append(req)
+            req = parse_line(raw, where)
         except DataError as e:
-            errors.append(str(e))
-    return valid, errors
+            self.pending.append((n, str(e)))
+        else:
+            if req is None:
+                return
+            self.pending.append((n, req))
+        if len(self.pending) >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        batch, self.pending = self.pending, []
+        if not batch:
+            return
+        parsed = [i for i, (_, r) in enumerate(batch) if not isinstance(r, str)]
+        nums = [batch[i][0] for i in parsed]
+        reqs = [batch[i][1] for i in parsed]
+        errors = {parsed[i]: e for i, e in self._validate(nums, reqs).items()}
+        ok = []
+        for i, (n, r) in enumerate(batch):
+            if isinstance(r, str) or i in errors:
+                self.bad(r if isinstance(r, str) else errors[i])
+            else:
+                ok.append(i)
+        if self.failed:  # a bad line and no --skip-invalid: check the rest, run nothing more
+            return
+        self._run([batch[i][0] for i in ok], [batch[i][1] for i in ok])
+
+    def _validate(self, nums: list[int], reqs: list) -> dict[int, str]:
+        """{index: message} of the requests that fail validation. The batch check first (fast);
+        one by one only when it finds something, to name every bad line."""
+        from .requests import validate_request, validate_requests
+
+        d, im = self.be.dims, self.be.item_map
+        where = lambda i: f"{self.name} line {nums[i]}"  # noqa: E731
+        try:
+            validate_requests(reqs, im, d.needs_timestamps, where, d.max_history, self.need_candidates)
+            return {}
+        except DataError:
+            pass
+        errors = {}
+        for i, r in enumerate(reqs):
+            try:
+                validate_request(r, im, d.needs_timestamps, where(i), d.max_history, self.need_candidates)
+            except DataError as e:
+                errors[i] = str(e)
+        return errors
+
+    def _run(self, nums: list[int], reqs: list) -> None:
+        while reqs:
+            where = lambda i: f"{self.name} line {nums[i]}"  # noqa: E731
+            try:
+                results = self.run_fn(reqs, where=where, params=self._params(), on_batch=self._timed)
+            except RequestError as e:
+                if not 0 <= e.index < len(reqs):
+                    raise
+                self.bad(str(e))
+                if not self.skip:
+                    return
+                del nums[e.index], reqs[e.index]
+                continue
+            self._write(results)
+            return
+
+    def _params(self):
+        """--seed for this batch. The loop seeds request i of a call with (seed, i); per batch
+        that would give the first request of every batch the same draws, so each batch gets a
+        seed derived from (seed, requests before it): reproducible for the same input and batch
+        size, and the first batch equals the API's ``generate`` on the whole input."""
+        p = self.params
+        if p is None or p.strategy != "sample" or p.seed is None or self.tally.done == 0:
+            return p
+        import numpy as np
+
+        seed = int(np.random.SeedSequence([p.seed, self.tally.done]).generate_state(1, np.uint64)[0])
+        return dataclasses.replace(p, seed=seed)
+
+    def _timed(self, n: int, seconds: float) -> None:
+        self.tally.latencies.append(seconds)
+
+    def _write(self, results: list) -> None:
+        lines = [json.dumps({"user_id": r.user_id, "items": r.items, "scores": r.scores,
+                             **({"score": r.score} if r.score is not None else {})}) + "\n" for r in results]
+        self.out.write("".join(lines))
+        if self.stream_out:
+            self.out.flush()  # as they come; EPIPE here ends the run quietly (exit 141)
+        self.tally.done += len(results)
 
 
-def _summary(n: int, skipped: int, latencies: list[float]) -> str:
+def _summary(n: int, skipped: int, latencies) -> str:
     import numpy as np
 
     total = sum(latencies)
     if not latencies:
         return f"{n} requests" + (f", {skipped} skipped" if skipped else "")
-    p50, p99 = np.percentile(latencies, [50, 99]) * 1e3
+    p50, p99 = np.percentile(np.asarray(latencies), [50, 99]) * 1e3
     return (f"{n} requests" + (f", {skipped} skipped" if skipped else "")
             + f" in {len(latencies)} batch{'es' if len(latencies) > 1 else ''}: "
             f"p50 {p50:.1f} ms, p99 {p99:.1f} ms per batch, "
             f"{n / total if total > 0 else math.inf:.1f} requests/s")
+
+
+def check_output(output_path: str, input_path: str) -> Path:
+    """The output preflight, before any compute: ``check_writable`` plus "not the input"."""
+    from genrec.atomic import OutputPathError, check_writable
+
+    target = check_writable(output_path, note=lambda line: click.echo(f"note: {line}", err=True))
+    if input_path != "-":
+        try:
+            same = os.path.exists(target) and os.path.samefile(input_path, target)
+        except OSError:
+            same = False
+        if same:
+            raise OutputPathError(f"--output {display_name(output_path)} is the input file; "
+                                  "write the results elsewhere")
+    return target
 
 
 @click.command("run", short_help="Recommend, generate or rank JSONL requests with a bundle.")
@@ -83,10 +322,11 @@ def _summary(n: int, skipped: int, latencies: list[float]) -> str:
 @click.option("--device", default=None, help="torch device: cpu, cuda or npu. [default: cpu]")
 @click.option("--precision", default=None, help="onnxruntime graph variant: fp32, fp16, int8. [default: the bundle's]")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (onnxruntime intra-op, torch).")
-@click.option("--input", "input_path", default="-", show_default=True,
-              type=click.Path(dir_okay=False, allow_dash=True), help="Requests, one JSON object per line.")
-@click.option("--output", "output_path", default="-", show_default=True,
-              type=click.Path(dir_okay=False, allow_dash=True), help="Results, one JSON line per request.")
+@click.option("--input", "input_path", default="-", show_default=True, metavar="PATH",
+              help="Requests, one JSON object per line (UTF-8, a BOM is fine).")
+@click.option("--output", "output_path", default="-", show_default=True, metavar="PATH",
+              help="Results, one JSON line per request; a file appears only when complete "
+                   "(a symlink is written through); - streams to stdout.")
 @click.option("--k", type=click.IntRange(min=1), default=10, show_default=True, help="Items per request (recommend).")
 @click.option("--generate", "steps", type=click.IntRange(min=1), default=None, metavar="N",
               help="Generate slates of N items instead of one-shot top-k.")
@@ -97,12 +337,14 @@ def _summary(n: int, skipped: int, latencies: list[float]) -> str:
               help="Sampling temperature (--strategy sample). [default: 1.0]")
 @click.option("--top-k", type=click.IntRange(min=1), default=None, help="Sample among the k most likely items.")
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=None, help="Nucleus sampling mass.")
-@click.option("--seed", type=int, default=None, help="Sampling seed (reproducible slates).")
+@click.option("--seed", type=int, default=None,
+              help="Sampling seed (the same input and --batch-size give the same slates).")
 @click.option("--allow-repeats", is_flag=True, help="Allow history items and repeats in a slate.")
 @click.option("--rank", "rank_mode", is_flag=True, help="Score each request's candidates (M-FALCON).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Requests per batch. [default: the largest batch gear]")
-@click.option("--skip-invalid", is_flag=True, help="Skip bad lines (listed on stderr) instead of stopping.")
+              help="Requests per batch; memory is bounded by one batch. [default: the largest batch gear]")
+@click.option("--skip-invalid", is_flag=True,
+              help="Skip bad lines and requests that cannot be answered (listed on stderr) instead of stopping.")
 def run_command(bundle, backend, provider, provider_options, device, precision, threads, input_path,
                 output_path, k, steps, strategy, beams, temperature, top_k, top_p, seed, allow_repeats,
                 rank_mode, batch_size, skip_invalid):
@@ -112,7 +354,13 @@ def run_command(bundle, backend, provider, provider_options, device, precision, 
     \b
     A request: {"user_id": "u1", "items": [12, 7, 40], "timestamps": [...],
                 "request_time": 1700000000, "exclude": [...], "candidates": [...]}
-    (timestamps are required by hstu bundles; candidates by --rank)
+    (timestamps and request_time are required by hstu bundles; candidates by --rank)
+
+    \b
+    Requests are read, run and written a batch at a time (memory bounded by the batch). A bad
+    line stops the run (exit 1, no output file); --skip-invalid lists it and goes on.
+    Exit codes: 0 ok, 1 bad input, 2 usage, 3 internal error, 130 SIGINT, 143 SIGTERM,
+    141 stdout closed (e.g. by `| head`).
 
     \b
     genrec-run bundle/ --input requests.jsonl --output recs.jsonl --k 10
@@ -141,57 +389,85 @@ def run_command(bundle, backend, provider, provider_options, device, precision, 
         params = decoding.SearchParams(strategy=strategy, num_beams=beams or 4,
                                        temperature=temperature or 1.0, top_k=top_k, top_p=top_p,
                                        seed=seed, allow_repeats=allow_repeats)
+    to_stdout = output_path == "-"
+    target = None if to_stdout else check_output(output_path, input_path)  # before any compute
+    fh, name, close = open_requests(input_path)
     options = {"provider": provider, "device": device, "precision": precision, "threads": threads,
                "provider_options": _parse_kv(provider_options) or None}
-    with get_backend(backend, bundle, **{k_: v for k_, v in options.items() if v is not None}) as be:
-        requests, errors = read_requests(input_path, be, rank_mode)
-        if errors and not skip_invalid:
-            more = f" ({len(errors) - 1} more bad line(s))" if len(errors) > 1 else ""
-            raise DataError(f"{errors[0]}{more}; nothing was written (--skip-invalid runs the valid lines)")
-        for e in errors:
-            click.echo(f"skipped {e}", err=True)
-        latencies: list[float] = []
-        with _progress(len(requests), enabled=input_path != "-") as advance:
-            def on_batch(n: int, seconds: float) -> None:
-                latencies.append(seconds)
-                advance(n)
-
-            if rank_mode:
-                results = decoding.rank(be, requests, batch_size=batch_size, on_batch=on_batch)
-            elif steps is not None:
-                results = decoding.generate(be, requests, steps, params, batch_size=batch_size,
-                                            on_batch=on_batch)
-            else:
-                results = decoding.recommend(be, requests, k, batch_size=batch_size, on_batch=on_batch)
-    lines = [json.dumps({"user_id": r.user_id, "items": r.items, "scores": r.scores,
-                         **({"score": r.score} if r.score is not None else {})}) + "\n" for r in results]
-    if output_path == "-":
-        click.get_text_stream("stdout").writelines(lines)
-    else:
-        with atomic_file(Path(output_path), "w") as fh:
-            fh.writelines(lines)
-    click.echo(_summary(len(results), len(errors), latencies), err=True)
+    with contextlib.ExitStack() as stack:
+        if close:
+            stack.enter_context(fh)
+        be = stack.enter_context(get_backend(backend, bundle, **{k_: v for k_, v in options.items()
+                                                                 if v is not None}))
+        if rank_mode:
+            def run(reqs, params=None, **kw):
+                return decoding.rank(be, reqs, batch_size=batch_size, **kw)
+        elif steps is not None:
+            def run(reqs, params=params, **kw):
+                return decoding.generate(be, reqs, steps, params, batch_size=batch_size, **kw)
+        else:
+            def run(reqs, params=None, **kw):
+                return decoding.recommend(be, reqs, k, batch_size=batch_size, **kw)
+        run([])  # the loop checks --k, --generate N and --beams against the bundle: before any input
+        per_request = params.num_beams if params is not None and params.strategy == "beam" else 1
+        largest = max(be.batch_gears)
+        size = max(1, min(batch_size or largest, largest // per_request))
+        out = (click.get_text_stream("stdout") if to_stdout
+               else stack.enter_context(atomic_file(target, "w")))
+        progress = stack.enter_context(_progress(fh, enabled=not to_stdout and close))
+        stream = _Stream(be, run, name, out, to_stdout, size, rank_mode, skip_invalid, progress.say, params)
+        for n, raw in read_lines(fh, name):
+            stream.add(n, raw)
+            progress.advance(len(raw))
+        stream.flush()
+        t = stream.tally
+        if t.first_error is not None:  # raised inside the stack: the temporary output goes
+            more = f" ({t.more_errors} more bad line(s))" if t.more_errors else ""
+            done = (f"stopped after {t.done} result(s) on stdout" if to_stdout and t.done
+                    else "nothing was written")
+            raise DataError(f"{t.first_error}{more}; {done} (--skip-invalid runs the valid lines)")
+    click.echo(_summary(t.done, t.skipped, t.latencies), err=True)
 
 
 class _progress:
-    """A rich progress bar on stderr for file inputs; a no-op otherwise."""
+    """A rich progress bar on stderr (bytes of a file input read) when stderr is a terminal;
+    ``say`` prints a line above it (or plainly when there is no bar)."""
 
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self._bar = total, enabled and total > 0, None
+    def __init__(self, fh: IO[bytes], enabled: bool):
+        self.fh, self.enabled, self._bar, self._task = fh, enabled, None, None
 
-    def __enter__(self):
+    def __enter__(self) -> "_progress":
+        if not self.enabled:
+            return self
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
         console = Console(stderr=True)
-        if not (self.enabled and console.is_terminal):  # keep piped stderr to the summary line
-            return lambda n: None
-        self._bar = Progress(TextColumn("requests"), BarColumn(), MofNCompleteColumn(),
+        try:
+            total = os.fstat(self.fh.fileno()).st_size
+        except (OSError, AttributeError, ValueError):
+            total = 0
+        if not (console.is_terminal and total > 0):  # keep piped stderr to the summary line
+            return self
+        self._bar = Progress(TextColumn("requests"), BarColumn(), DownloadColumn(),
                              TimeElapsedColumn(), console=console, transient=True)
         self._bar.__enter__()
-        task = self._bar.add_task("", total=self.total)
-        return lambda n: self._bar.advance(task, n)
+        self._task = self._bar.add_task("", total=total)
+        return self
+
+    def advance(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, n)
+
+    def say(self, line: str) -> None:
+        if self._bar is not None:
+            self._bar.console.print(line, markup=False, highlight=False)
+        else:
+            click.echo(line, err=True)
 
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
             self._bar.__exit__(*exc)
+
+
+__all__ = ["check_output", "open_requests", "parse_line", "read_lines", "run_command"]

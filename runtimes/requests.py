@@ -3,7 +3,10 @@
 A ``Request`` speaks raw item ids (the ids of the user's data); validation maps them to the
 bundle's internal ids and refuses, with a ``DataError`` naming the request (or the JSONL line),
 anything the graphs would silently mis-handle: unknown, negative or non-integer ids, empty
-histories, missing timestamps for HSTU, timestamps going backwards, and length mismatches.
+histories, missing timestamps or request time for HSTU, timestamps going backwards, and length
+mismatches. ``request_from_json`` checks the JSON type of every field first, so that a hostile
+line (``"items": null``, an object where a list belongs, a 40-digit user id) is one named error,
+never a TypeError deep in the loop.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from genrec.errors import DataError
 __all__ = ["Request", "Result", "request_from_json", "validate_request", "validate_requests"]
 
 INT32_MAX = 2**31 - 1
+INT64 = (-(2**63), 2**63 - 1)
+SAFE_TIME = 2**62  # |t| below this: int64 differences of two times cannot wrap
 FIELDS = ("user_id", "items", "timestamps", "request_time", "exclude", "candidates")
 
 
@@ -31,7 +36,7 @@ class Request:
     user_id: Any  # echoed back in the Result
     items: Sequence[int]  # history, oldest first; at least one item
     timestamps: Sequence[int] | None = None  # one per item, non-decreasing; required by HSTU
-    request_time: int | None = None  # when the request is made (HSTU); default: last timestamp
+    request_time: int | None = None  # when the request is made (required by HSTU; else unused)
     exclude: Sequence[int] = ()  # deny list: raw ids never to return
     candidates: Sequence[int] | None = None  # raw ids to score (rank)
 
@@ -59,6 +64,12 @@ class Prepared:
     raw_candidates: list[int] | None = field(default=None, repr=False)
 
 
+def _show(value: Any, limit: int = 40) -> str:
+    """``repr`` of a bad value, cut short: an error line quotes it, and a hostile one can be huge."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _ints(values: Any, name: str, where: str) -> np.ndarray:
     """A list of integers (not bools, not floats) as int64; DataError naming the bad element."""
     if isinstance(values, np.ndarray):
@@ -74,7 +85,7 @@ def _ints(values: Any, name: str, where: str) -> np.ndarray:
             raise DataError(f"{where}: {name} holds an integer too large for int64") from None
     for i, v in enumerate(values):  # slow path: find the element to name in the error
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise DataError(f"{where}: {name}[{i}] is {v!r}, not an integer")
+            raise DataError(f"{where}: {name}[{i}] is {_show(v)}, not an integer")
     try:
         return np.asarray(values, dtype=np.int64).reshape(-1)
     except OverflowError:
@@ -98,8 +109,17 @@ def _item_ids(values: Any, name: str, where: str, item_map: ItemMap) -> np.ndarr
 
 def _int(value: Any, name: str, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise DataError(f"{where}: {name} is {value!r}, not an integer")
+        raise DataError(f"{where}: {name} is {_show(value)}, not an integer")
+    if not INT64[0] <= value <= INT64[1]:
+        raise DataError(f"{where}: {name} {_show(value)} is too large for int64")
     return int(value)
+
+
+def _backwards(times: np.ndarray) -> int | None:
+    """Index of the first timestamp earlier than the one before it (compared, not subtracted:
+    a difference of two extreme int64 values wraps around)."""
+    back = np.flatnonzero(times[1:] < times[:-1])
+    return int(back[0]) + 1 if back.size else None
 
 
 def validate_request(req: Request, item_map: ItemMap, needs_timestamps: bool, where: str,
@@ -113,9 +133,8 @@ def validate_request(req: Request, item_map: ItemMap, needs_timestamps: bool, wh
         times = _ints(req.timestamps, "timestamps", where)
         if times.size != history.size:
             raise DataError(f"{where}: {history.size} items but {times.size} timestamps")
-        back = np.flatnonzero(np.diff(times) < 0)
-        if back.size:
-            i = int(back[0]) + 1
+        i = _backwards(times)
+        if i is not None:
             raise DataError(f"{where}: timestamps go backwards at index {i} "
                             f"({int(times[i])} after {int(times[i - 1])}); send them oldest first")
     elif needs_timestamps:
@@ -126,6 +145,9 @@ def validate_request(req: Request, item_map: ItemMap, needs_timestamps: bool, wh
         if times is not None and request_time < times[-1]:
             raise DataError(f"{where}: request_time {request_time} is before the last history "
                             f"timestamp {int(times[-1])}")
+    elif needs_timestamps:  # a silent default (the last timestamp) would change the scores
+        raise DataError(f"{where}: request_time is required by this model (hstu): the time of the "
+                        "request, at or after the last timestamp")
     elif times is not None:
         request_time = int(times[-1])
     if needs_timestamps and times is not None:
@@ -213,11 +235,15 @@ def _validate_batch(reqs: Sequence[Request], item_map: ItemMap, needs_timestamps
             return None
         flat_t = np.concatenate(times)
         ends = np.cumsum(sizes)
-        step = np.diff(flat_t)
-        step[ends[:-1] - 1] = 0  # the step from one request's last time to the next one's first
+        if needs_timestamps and any(t is None for t in rtimes):
+            return None
+        if flat_t.size and (flat_t.min() <= -SAFE_TIME or flat_t.max() >= SAFE_TIME):
+            return None  # differences could wrap; the one-by-one pass compares exactly
+        down = flat_t[1:] < flat_t[:-1]
+        down[ends[:-1] - 1] = False  # one request's last time against the next one's first
         last = flat_t[ends - 1]
         given = np.array([last[i] if t is None else t for i, t in enumerate(rtimes)], dtype=np.int64)
-        if (step < 0).any() or (given < last).any():
+        if down.any() or (given < last).any() or (given >= SAFE_TIME).any():
             return None
         if needs_timestamps:
             starts = ends - np.minimum(sizes, max_history) if max_history else ends - sizes
@@ -231,15 +257,43 @@ def _validate_batch(reqs: Sequence[Request], item_map: ItemMap, needs_timestamps
             for r, h, t, rt, e, c in zip(reqs, ihist, times, rtimes, iexcl, cand)]
 
 
+_JSON_TYPES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", float: "a number",
+               int: "an integer", type(None): "null"}
+LISTS = ("items", "timestamps", "exclude", "candidates")
+
+
+def _json_type(value: Any) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
 def request_from_json(obj: Any, where: str) -> Request:
-    """A decoded JSON object -> Request; DataError for a non-object, missing or unknown keys."""
+    """A decoded JSON object -> Request; DataError for a non-object, missing or unknown keys, and
+    a field of the wrong JSON type (the elements of lists are checked by ``validate_request``).
+
+    ``user_id`` is a string or an int64 (it is echoed back, and a consumer must be able to read
+    it); ``items`` a list; ``timestamps``, ``exclude``, ``candidates`` a list or null (absent);
+    ``request_time`` an integer or null.
+    """
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     unknown = sorted(set(obj) - set(FIELDS))
     if unknown:
-        raise DataError(f"{where}: unknown field(s) {', '.join(unknown)}; "
-                        f"a request has {', '.join(FIELDS)}")
+        shown = ", ".join(_show(k, 30) for k in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise DataError(f"{where}: unknown field(s) {shown}; a request has {', '.join(FIELDS)}")
     for key in ("user_id", "items"):
         if key not in obj:
             raise DataError(f"{where}: missing {key!r}")
+    uid = obj["user_id"]
+    if isinstance(uid, bool) or not isinstance(uid, (str, int)):
+        raise DataError(f"{where}: user_id is {_json_type(uid)}; send a string or an integer")
+    if isinstance(uid, int) and not INT64[0] <= uid <= INT64[1]:
+        raise DataError(f"{where}: user_id {_show(uid)} is too large for int64; send it as a string")
+    for key in LISTS:
+        value = obj.get(key)
+        if not isinstance(value, list) and (value is not None or key == "items"):
+            raise DataError(f"{where}: {key} is {_json_type(value)}; send a list of integers")
+    rt = obj.get("request_time")
+    if rt is not None and (isinstance(rt, bool) or not isinstance(rt, int)):
+        raise DataError(f"{where}: request_time is {_json_type(rt)} {_show(rt)}; send an integer "
+                        "(unix seconds)")
     return Request(**{k: obj[k] for k in FIELDS if k in obj and (obj[k] is not None or k == "user_id")})
