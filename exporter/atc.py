@@ -105,14 +105,16 @@ def input_shape(spec: GraphSpec, batch: int = -1) -> str:
     return ";".join(parts)
 
 
-def build_command(m: Manifest, graph: str, soc: str, precision: str, atc: str = "atc") -> list[str]:
-    """The argv of the ATC call for one graph, relative to the bundle directory."""
+def build_command(m: Manifest, graph: str, soc: str, precision: str, atc: str = "atc",
+                  model: str | None = None) -> list[str]:
+    """The argv of the ATC call for one graph, relative to the bundle directory; ``model`` is the
+    ONNX file ATC reads when it is not the graph itself (the ATC variant, ``atc_variant``)."""
     if precision not in PRECISIONS:
         raise ExportError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     spec = m.graphs[graph]
     out = om_dir(soc, precision)
     gears = m.dims.batch_gears
-    cmd = [atc, "--framework=5", f"--model={spec.file}", f"--output={out}/{graph}", f"--soc_version={soc}",
+    cmd = [atc, "--framework=5", f"--model={model or spec.file}", f"--output={out}/{graph}", f"--soc_version={soc}",
            "--input_format=ND", f"--input_shape={input_shape(spec, -1 if len(gears) > 1 else gears[0])}"]
     if len(gears) > 1:  # ATC wants 2..100 gears; one gear is a static shape
         cmd.append(f"--dynamic_batch_size={','.join(map(str, gears))}")

@@ -42,6 +42,10 @@ def _gears(ctx, param, value: str) -> list[int]:
               help="ATC precision with --soc-version (fp32 is the parity build; see `genrec convert --help`).")
 @click.option("--atc", "atc_path", type=click.Path(), default=None, help="The atc to run (default: atc on PATH).")
 @click.option("--jobs", type=click.IntRange(1, 16), default=1, show_default=True, help="ATC calls at once.")
+@click.option("--cache-write", type=click.Choice(["where", "scatter"]), default="where", show_default=True,
+              help="How ATC's graphs write the KV cache: where = Equal + Where on AI Core (an ATC-only variant, "
+                   "checked bitwise against the exported graph); scatter = ScatterElements as exported (AI CPU "
+                   "on 310P/910/910B).")
 @click.option("--data", type=click.Path(exists=True), default=None,
               help="Histories for the numeric check (default: the checkpoint's training data).")
 @click.option("--steps", type=int, default=5, show_default=True, help="Incremental steps checked after prefill.")
@@ -50,7 +54,8 @@ def _gears(ctx, param, value: str) -> list[int]:
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 def export_command(checkpoint, output, opset, max_history, max_new_items, topk, step_topk, max_exclude,
                    rank_candidates,
-                   batch_gears, target, soc_version, precision, atc_path, jobs, data, steps, atol, rtol, force):
+                   batch_gears, target, soc_version, precision, atc_path, jobs, cache_write, data, steps, atol, rtol,
+                   force):
     """Export CHECKPOINT to prefill/step/rank ONNX graphs, check them, and write the bundle.
 
     No bundle is written unless every check passes (onnx checker, onnxruntime load,
@@ -71,7 +76,8 @@ def export_command(checkpoint, output, opset, max_history, max_new_items, topk, 
 
         with ConvertDisplay(console) as display:
             bundle = export_and_convert(checkpoint, output, soc_version, precision, atc=atc_path, jobs=jobs,
-                                        on_event=display.event, progress=display.say, **kwargs)
+                                        on_event=display.event, cache_write=cache_write, progress=display.say,
+                                        **kwargs)
     else:
         with console.status("exporting") as status:
             def say(msg: str) -> None:
@@ -155,10 +161,11 @@ def inspect_command(bundle, target, soc_version):
             for f in findings:
                 console.print(f"  {f.format()}")
             failed |= atc_lint.has_errors(findings)
-    if target == "ascend":
+    if m.targets:
         from .convert import verify_target_builds
 
         verify_target_builds(b)
+    if target == "ascend":
         console.print(engines_table(b, soc_version))
     if failed:
         raise SystemExit(1)
@@ -250,6 +257,10 @@ class ConvertDisplay:
                    "log_z and norms kept fp32 (--keep_dtype); mixed: allow_mix_precision with --modify_mixlist.")
 @click.option("--atc", "atc_path", type=click.Path(), default=None, help="The atc to run (default: atc on PATH).")
 @click.option("--jobs", type=click.IntRange(1, 16), default=1, show_default=True, help="ATC calls at once.")
+@click.option("--cache-write", type=click.Choice(["where", "scatter"]), default="where", show_default=True,
+              help="How ATC's graphs write the KV cache: where = Equal + Where on AI Core (an ATC-only variant, "
+                   "checked bitwise against the exported graph); scatter = ScatterElements as exported (AI CPU "
+                   "on 310P/910/910B).")
 @click.option("--emit-script", type=click.Path(dir_okay=False), default=None,
               help="Write a shell script doing this conversion on a CANN host instead of running ATC here.")
 @click.option("--import", "import_dir", type=click.Path(exists=True, file_okay=False), default=None,
@@ -257,7 +268,8 @@ class ConvertDisplay:
 @click.option("--log-dir", type=click.Path(file_okay=False), default=None,
               help="Where ATC's output is logged while it runs (default: a new temporary directory; kept on failure).")
 @click.option("--force", is_flag=True, help="Rebuild (or re-import) an existing build for this SoC and precision.")
-def convert_command(bundle, soc_version, precision, atc_path, jobs, emit_script, import_dir, log_dir, force):
+def convert_command(bundle, soc_version, precision, atc_path, jobs, cache_write, emit_script, import_dir, log_dir,
+                    force):
     """Run ATC on every graph of BUNDLE (one call per graph) and add the OM files to it.
 
     \b
@@ -272,7 +284,7 @@ def convert_command(bundle, soc_version, precision, atc_path, jobs, emit_script,
     if emit_script:
         from .om_import import emit_script as write_script
 
-        path = write_script(bundle, soc_version, precision, emit_script)
+        path = write_script(bundle, soc_version, precision, emit_script, cache_write=cache_write)
         click.echo(f"wrote {path}: run `bash {path.name} BUNDLE_DIR` on a CANN host, then "
                    f"`genrec convert {bundle} --soc-version {soc_version} --precision {precision} --import "
                    f"BUNDLE_DIR/om/{soc_version}/{precision}`")
@@ -280,13 +292,13 @@ def convert_command(bundle, soc_version, precision, atc_path, jobs, emit_script,
     if import_dir:
         from .om_import import import_build
 
-        b = import_build(bundle, soc_version, precision, import_dir, force=force)
+        b = import_build(bundle, soc_version, precision, import_dir, force=force, cache_write=cache_write)
     else:
         from .convert import convert_bundle
 
         with ConvertDisplay(console) as display:
             b = convert_bundle(bundle, soc_version, precision, atc=atc_path, jobs=jobs, force=force,
-                               log_dir=log_dir, on_event=display.event)
+                               log_dir=log_dir, on_event=display.event, cache_write=cache_write)
     tb = next(t for t in b.manifest.targets["ascend"] if (t.soc, t.precision) == (soc_version, precision))
     for graph, rel in tb.graphs.items():
         click.echo(f"{graph}: {rel} sha256 {b.manifest.files[rel][:16]}")

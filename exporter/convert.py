@@ -35,6 +35,7 @@ from genrec.manifest import Manifest, TargetBuild
 from . import atc_lint
 from .atc import (PRECISIONS, AtcRun, build_command, cann_version, check_soc, command_line, find_atc, om_dir,
                   precision_files, run_atc)
+from .atc_variant import CACHE_WRITES, variant_for_atc
 from .om_sidecar import check_sidecar, read_sidecar
 
 __all__ = ["OM_DOUBLE_MAGIC", "TARGET", "Event", "convert_bundle", "export_and_convert", "lint_for_atc",
@@ -114,6 +115,9 @@ def verify_target_builds(b: Bundle) -> None:
                 raise BundleError(f"{where}: OM for unknown graph {graph!r}")
             if not rel.startswith(prefix) or rel not in m.files:
                 raise BundleError(f"{where}: {rel} is not a listed file under {prefix}")
+            variant = (tb.info.get("atc_graphs") or {}).get(graph)
+            if variant is not None and variant.get("file") not in m.files:
+                raise BundleError(f"{where}: the ATC input {variant.get('file')} of {graph} is not a listed file")
             built = (tb.info.get("built_from") or {}).get(graph)
             if built is not None and built != m.files.get(m.graphs[graph].file):
                 raise BundleError(f"{where}: {rel} was built from another {m.graphs[graph].file} "
@@ -128,12 +132,37 @@ def _default_log_dir(bundle: Path, soc: str, precision: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"genrec-atc-{bundle.name}-{soc}-{precision}-"))
 
 
+def atc_inputs(bundle_dir: Path, m: Manifest, soc: str, precision: str, cache_write: str) -> dict[str, dict]:
+    """Per graph that ATC should not read as exported: its ATC variant (``atc_variant``), written
+    under ``om/<soc>/<precision>/``, linted and checked for exact parity."""
+    if cache_write not in CACHE_WRITES:
+        raise ExportError(f"--cache-write {cache_write!r}: choose one of {', '.join(CACHE_WRITES)}")
+    out: dict[str, dict] = {}
+    if cache_write == "scatter":
+        return out
+    for g in m.graphs:
+        made = variant_for_atc(bundle_dir, m, g, om_dir(soc, precision))
+        if made is None:
+            continue
+        rel, info = made
+        errors = [f for f in atc_lint.lint_model(bundle_dir / rel) if f.severity == "error"]
+        if errors:
+            raise ExportError(f"{rel} fails the ATC lint; first: {errors[0].format()}; convert with --cache-write scatter")
+        out[g] = info
+    return out
+
+
 def convert_bundle(bundle: str | os.PathLike[str], soc: str, precision: str = "fp32", *,
                    atc: str | os.PathLike[str] | None = None, jobs: int = 1, force: bool = False,
-                   log_dir: str | os.PathLike[str] | None = None, on_event: Event | None = None) -> Bundle:
+                   log_dir: str | os.PathLike[str] | None = None, on_event: Event | None = None,
+                   cache_write: str = "where") -> Bundle:
     """Convert every graph of ``bundle`` with ATC for ``soc`` at ``precision``; returns the
     verified bundle. All or nothing: on any failure the bundle is unchanged and the error
-    (an ``AtcError`` for ATC's own failures) names ATC's E-codes and the log."""
+    (an ``AtcError`` for ATC's own failures) names ATC's E-codes and the log.
+
+    ``cache_write="where"`` (default) gives ATC a variant of graphs whose cache writes are
+    ScatterElements (an AI CPU op on 310P/910/910B) with the writes as Equal + Where, checked
+    bitwise against the exported graph; ``"scatter"`` converts the graphs as exported."""
     path = Path(bundle)
     soc = check_soc(soc)
     if precision not in PRECISIONS:
@@ -158,7 +187,8 @@ def convert_bundle(bundle: str | os.PathLike[str], soc: str, precision: str = "f
         for rel, text in precision_files(tmp, m, soc, precision).items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_text(text, encoding="utf-8")
-        commands = {g: build_command(m, g, soc, precision) for g in m.graphs}
+        variants = atc_inputs(tmp, m, soc, precision, cache_write)
+        commands = {g: build_command(m, g, soc, precision, model=variants.get(g, {}).get("file")) for g in m.graphs}
         runs = [AtcRun(g, [str(atc_path), *argv[1:]], f"{out}/{g}", logs / f"{g}.atc.log")
                 for g, argv in commands.items()]
         results = _run_all(runs, tmp, jobs, emit)
@@ -167,7 +197,7 @@ def convert_bundle(bundle: str | os.PathLike[str], soc: str, precision: str = "f
             json_rel = om[:-len(".om")] + ".json"
             mode1 = AtcRun(g, [str(atc_path), "--mode=1", f"--om={om}", f"--json={json_rel}"], om[:-3],
                            logs / f"{g}.mode1.log")
-            _run_mode1(mode1, tmp)
+            run_atc(mode1, tmp)  # the OM's JSON sidecar; an AtcError like a build's on failure
             check_sidecar(read_sidecar(tmp / json_rel), m.graphs[g], m.dims.batch_gears, soc, f"{om} ({json_rel})")
             sidecars[g] = json_rel
         for run in runs:
@@ -180,13 +210,14 @@ def convert_bundle(bundle: str | os.PathLike[str], soc: str, precision: str = "f
                   "logs": {r.graph: f"{out}/{r.log.name}" for r in runs},
                   "built_from": {g: m.files[m.graphs[g].file] for g in results},
                   "config_files": sorted(precision_files_names(m, soc, precision)),
+                  "cache_write": cache_write, "atc_graphs": variants,
                   "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         write_manifest(tmp, replace_build(m, build))
         staged = load_bundle(tmp)
         verify_target_builds(staged)
     if own_logs:
         shutil.rmtree(logs, ignore_errors=True)
-    return load_bundle(path)
+    return load_bundle(path, verify=False)  # verified in full as staged, just before the rename
 
 
 def precision_files_names(m: Manifest, soc: str, precision: str) -> list[str]:
@@ -196,12 +227,6 @@ def precision_files_names(m: Manifest, soc: str, precision: str) -> list[str]:
     if precision == "mixed":
         return [f"{out}/mixlist.json"]
     return []
-
-
-def _run_mode1(run: AtcRun, cwd: Path) -> None:
-    """``atc --mode=1``: the OM's JSON sidecar (an AtcError like a build's on failure)."""
-    result = run_atc(run, cwd)
-    del result
 
 
 def _run_all(runs: list[AtcRun], cwd: Path, jobs: int, emit: Event) -> dict[str, str]:
@@ -263,7 +288,8 @@ def _terminate(procs: list[subprocess.Popen], lock: threading.Lock) -> None:
 
 def export_and_convert(checkpoint: str | os.PathLike[str], output: str | os.PathLike[str], soc: str,
                        precision: str = "fp32", *, atc: str | os.PathLike[str] | None = None, jobs: int = 1,
-                       force: bool = False, on_event: Event | None = None, **export_kwargs: Any) -> Bundle:
+                       force: bool = False, on_event: Event | None = None, cache_write: str = "where",
+                       **export_kwargs: Any) -> Bundle:
     """Export and convert in one go, all or nothing: the bundle is exported into a staging
     directory, converted there, and renamed to ``output`` only when both succeeded."""
     from .export import export_bundle
@@ -277,5 +303,5 @@ def export_and_convert(checkpoint: str | os.PathLike[str], output: str | os.Path
         raise ExportError(f"{out} exists; pass --force to replace it")
     with atomic_directory(out, force=force) as staging:
         export_bundle(checkpoint, staging, target=TARGET, force=True, **export_kwargs)
-        convert_bundle(staging, soc, precision, atc=atc, jobs=jobs, on_event=on_event)
+        convert_bundle(staging, soc, precision, atc=atc, jobs=jobs, on_event=on_event, cache_write=cache_write)
     return load_bundle(out)

@@ -13,8 +13,9 @@ bundle atomically, as ``convert`` does.
 
 from __future__ import annotations
 
-import hashlib
+import base64
 import os
+import tempfile
 import re
 import shlex
 import shutil
@@ -27,8 +28,8 @@ from genrec.errors import BundleError, ExportError
 from genrec.manifest import TargetBuild
 
 from .atc import PRECISIONS, build_command, check_soc, command_line, om_dir, precision_files
-from .convert import (existing_build, lint_for_atc, om_producer, precision_files_names, replace_build,
-                      stage_bundle, verify_target_builds)
+from .convert import (atc_inputs, existing_build, lint_for_atc, om_producer, precision_files_names,
+                      replace_build, stage_bundle, verify_target_builds)
 from .om_sidecar import check_sidecar, read_sidecar
 
 __all__ = ["emit_script", "import_build"]
@@ -73,9 +74,11 @@ mkdir -p {out}
 """
 
 
-def emit_script(bundle: str | os.PathLike[str], soc: str, precision: str, script: str | os.PathLike[str]) -> Path:
+def emit_script(bundle: str | os.PathLike[str], soc: str, precision: str, script: str | os.PathLike[str],
+                cache_write: str = "where") -> Path:
     """Write the conversion of ``bundle`` as a bash script for a CANN host; the bundle is not
-    touched. The lint runs first and blocks, as for a local conversion."""
+    touched. The lint runs first and blocks, as for a local conversion. The ATC variants of
+    the graphs (``atc_variant``) travel inside the script, base64-encoded."""
     soc = check_soc(soc)
     if precision not in PRECISIONS:
         raise ExportError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
@@ -96,8 +99,15 @@ def emit_script(bundle: str | os.PathLike[str], soc: str, precision: str, script
     for rel, text in precision_files(b.path, m, soc, precision).items():
         marker = "GENREC_EOF"
         lines.append(f"cat > {shlex.quote(rel)} <<'{marker}'\n{text}{marker}\n")
+    with tempfile.TemporaryDirectory(prefix="genrec-emit-") as scratch:
+        variants = _variants(b, soc, precision, cache_write, Path(scratch))
+        for g, info in variants.items():
+            data = (Path(scratch) / info["file"]).read_bytes()
+            encoded = base64.encodebytes(data).decode("ascii")
+            lines.append(f"base64 -d > {shlex.quote(info['file'])} <<'GENREC_EOF'\n{encoded}GENREC_EOF\n")
     for g in m.graphs:
-        lines.append(f"convert {g} {command_line(build_command(m, g, soc, precision))}\n")
+        model = variants.get(g, {}).get("file")
+        lines.append(f"convert {g} {command_line(build_command(m, g, soc, precision, model=model))}\n")
     lines.append(f"(cd {out} && sha256sum *.om *.json > SHA256SUMS)\n")
     lines.append("info=$(ls \"$(dirname \"$(dirname \"$(readlink -f \"$(command -v atc)\")\")\")\"/*-linux/"
                  "ascend_toolkit_install.info 2>/dev/null | head -1 || true)\n")
@@ -108,6 +118,19 @@ def emit_script(bundle: str | os.PathLike[str], soc: str, precision: str, script
         fh.write("".join(lines))
     os.chmod(script, 0o755)
     return script
+
+
+def _variants(b: Bundle, soc: str, precision: str, cache_write: str, dest: Path) -> dict[str, dict]:
+    """The ATC variants, written under ``dest`` (scratch); graphs with external data are refused
+    with ``where``: the script carries the variants inline."""
+    if cache_write == "where" and any(rel.endswith(".data") for rel in b.manifest.files):
+        raise ExportError("this bundle has external weights, which an emitted script cannot carry in its ATC graph "
+                          "variants; pass --cache-write scatter, or convert on the CANN host with genrec itself")
+    for spec in b.manifest.graphs.values():
+        dst = dest / spec.file
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink((b.path / spec.file).resolve(), dst)
+    return atc_inputs(dest, b.manifest, soc, precision, cache_write)
 
 
 def _om_for(directory: Path, graph: str) -> Path:
@@ -140,7 +163,7 @@ def _check_sums(directory: Path) -> set[str]:
 
 
 def import_build(bundle: str | os.PathLike[str], soc: str, precision: str, directory: str | os.PathLike[str],
-                 force: bool = False) -> Bundle:
+                 force: bool = False, cache_write: str = "where") -> Bundle:
     """Attach the OM files an emitted script produced in ``directory``; all or nothing."""
     soc = check_soc(soc)
     if precision not in PRECISIONS:
@@ -179,6 +202,12 @@ def import_build(bundle: str | os.PathLike[str], soc: str, precision: str, direc
         (tmp / out).mkdir(parents=True, exist_ok=True)
         for rel, text in ours.items():
             (tmp / rel).write_text(text, encoding="utf-8")
+        variants = atc_inputs(tmp, m, soc, precision, cache_write)
+        for g, info in variants.items():
+            theirs = src / Path(info["file"]).name
+            if not theirs.is_file() or theirs.read_bytes() != (tmp / info["file"]).read_bytes():
+                raise BundleError(f"{src}: {Path(info['file']).name} is missing or differs from the ATC variant genrec "
+                                  f"makes for {g} (--cache-write {cache_write}); the OMs were built from other graphs")
         graphs, sides, logs = {}, {}, {}
         for g in m.graphs:
             for kind, p in (("om", oms[g]), ("json", sidecars[g])):
@@ -190,16 +219,14 @@ def import_build(bundle: str | os.PathLike[str], soc: str, precision: str, direc
                 logs[g] = f"{out}/{log.name}"
         build = TargetBuild(
             soc=soc, precision=precision, gears=tuple(m.dims.batch_gears), graphs=graphs,
-            commands={g: command_line(build_command(m, g, soc, precision)) for g in m.graphs}, tool_version=version,
+            commands={g: command_line(build_command(m, g, soc, precision, model=variants.get(g, {}).get("file")))
+                      for g in m.graphs}, tool_version=version,
             info={"om_dir": out, "om_producer": om_producer(oms[next(iter(oms))]), "source": "import",
                   "sidecars": sides, "logs": logs, "built_from": {g: m.files[m.graphs[g].file] for g in m.graphs},
                   "config_files": sorted(precision_files_names(m, soc, precision)),
-                  "om_sha256_checked": bool(listed),
+                  "om_sha256_checked": bool(listed), "cache_write": cache_write, "atc_graphs": variants,
                   "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         write_manifest(tmp, replace_build(m, build))
         verify_target_builds(load_bundle(tmp))
     return load_bundle(path)
 
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()

@@ -63,7 +63,9 @@ def test_every_backbone_converts_and_verifies(arch, bundle_copy, on_path, tmp_pa
     for graph, rel in tb.graphs.items():
         assert rel == f"om/Ascend310P3/fp32/{graph}_linux_x86_64.om" and rel in m.files
         # the command recorded is the one built from the manifest, and the one ATC received
-        argv = build_command(m, graph, "Ascend310P3", "fp32")
+        variant = tb.info["atc_graphs"].get(graph)
+        model_rel = variant["file"] if variant else m.graphs[graph].file
+        argv = build_command(m, graph, "Ascend310P3", "fp32", model=variant and variant["file"])
         assert tb.commands[graph] == command_line(argv)
         flags = dict(a[2:].split("=", 1) for a in shlex.split(tb.commands[graph])[1:])
         spec = m.graphs[graph]
@@ -71,12 +73,21 @@ def test_every_backbone_converts_and_verifies(arch, bundle_copy, on_path, tmp_pa
                                                 for s in spec.inputs)
         assert flags["dynamic_batch_size"] == "1,4,8" and flags["log"] == "error"
         assert flags["precision_mode"] == "must_keep_origin_dtype" and flags["input_format"] == "ND"
-        assert flags["output"] == f"om/Ascend310P3/fp32/{graph}" and flags["model"] == spec.file
+        assert flags["output"] == f"om/Ascend310P3/fp32/{graph}" and flags["model"] == model_rel
         meta, embedded = om_meta(path / rel)
-        assert meta["flags"] == flags and embedded == (path / spec.file).read_bytes()
+        assert meta["flags"] == flags and embedded == (path / model_rel).read_bytes()
         assert {o["name"].rsplit(":", 1)[1] for o in meta["outputs"]} == {s.name for s in spec.outputs}
         assert tb.info["built_from"][graph] == m.files[spec.file]
         assert (path / tb.info["sidecars"][graph]).is_file() and (path / tb.info["logs"][graph]).is_file()
+    # the step's cache writes reach ATC as Equal + Where (AI Core), checked bitwise in onnxruntime;
+    # prefill and rank write no cache with ScatterElements, so ATC reads them as exported
+    assert set(tb.info["atc_graphs"]) == {"step"}
+    step = tb.info["atc_graphs"]["step"]
+    assert step["file"] == "om/Ascend310P3/fp32/step.atc.onnx" and step["parity"]["batches"] == [1, 4, 8]
+    ops = [n.op_type for n in onnx.load(str(path / "step.onnx")).graph.node]
+    ops_atc = [n.op_type for n in onnx.load(str(path / step["file"])).graph.node]
+    assert len(step["nodes"]) == len(m.cache) and ops.count("ScatterElements") - ops_atc.count("ScatterElements") \
+        == len(m.cache) == ops_atc.count("Where") - ops.count("Where")
     # everything else is what it was: same graphs, same checkpoint, same dims
     assert {k: v for k, v in m.files.items() if not k.startswith("om/")} == before.files
     assert m.dims == before.dims and m.graphs == before.graphs
@@ -170,6 +181,35 @@ def test_gear_errors_come_from_atc_and_change_nothing(bundle_copy, on_path, tmp_
     assert snapshot(path) == before and siblings(path) == []
 
 
+def test_cache_write_scatter_converts_the_graphs_as_exported(bundle_copy, on_path, tmp_path):
+    path = bundle_copy("sasrec")
+    b = convert_bundle(path, "Ascend910B4", cache_write="scatter", log_dir=tmp_path / "logs")
+    tb = b.manifest.targets["ascend"][0]
+    assert tb.info["atc_graphs"] == {} and "--model=step.onnx " in tb.commands["step"]
+    assert not list(path.glob("om/*/*/*.atc.onnx"))
+
+
+def test_an_atc_variant_that_differs_is_refused(bundle_copy, on_path, monkeypatch, tmp_path):
+    """The parity gate has teeth: a rewrite that swapped Where's branches is caught before ATC runs."""
+    from genrec.exporter import atc_variant
+
+    real = atc_variant.rewrite_cache_writes
+
+    def broken(model):
+        out, done = real(model)
+        for n in out.graph.node:
+            if n.op_type == "Where":
+                n.input[1], n.input[2] = n.input[2], n.input[1]
+        return out, done
+
+    monkeypatch.setattr(atc_variant, "rewrite_cache_writes", broken)
+    path = bundle_copy("gpt")
+    before = snapshot(path)
+    with pytest.raises(ExportError, match=r"step: the ATC variant \(cache writes as Where\) differs from step.onnx"):
+        convert_bundle(path, "Ascend310P3", log_dir=tmp_path / "logs")
+    assert snapshot(path) == before and siblings(path) == [] and not list((tmp_path / "logs").iterdir())
+
+
 def test_one_gear_is_a_static_shape(bundle_copy, on_path, tmp_path):
     path = bundle_copy("sasrec")
     m = load_bundle(path).manifest
@@ -193,7 +233,7 @@ def test_an_op_the_parser_does_not_register_is_refused_before_atc(bundle_copy, o
     before = snapshot(path)
     with pytest.raises(ExportError, match=r"prefill.onnx fails the ATC lint .*ai\.onnx::16::LayerNormalization is not registered"):
         convert_bundle(path, "Ascend310P3", log_dir=tmp_path / "logs")
-    assert snapshot(path) == before and not (tmp_path / "logs").exists()
+    assert snapshot(path) == before and not list((tmp_path / "logs").glob("*"))
 
 
 def test_external_data_graphs_convert(bundle_copy, on_path, tmp_path):

@@ -32,8 +32,9 @@ def test_emit_script_then_import(bundle_copy, tmp_path):
     assert snapshot(path) == before  # emitting touches nothing
     m = load_bundle(path).manifest
     text = script.read_text()
-    for g in m.graphs:
-        assert command_line(build_command(m, g, "Ascend910B4", "mixed")) in text
+    for g in m.graphs:  # the same command lines as a local conversion; step reads its ATC variant
+        model = "om/Ascend910B4/mixed/step.atc.onnx" if g == "step" else None
+        assert command_line(build_command(m, g, "Ascend910B4", "mixed", model=model)) in text
     # the "CANN host" has its own copy of the bundle; the script converts there
     remote = tmp_path / "remote" / "bundle"
     shutil.copytree(path, remote)
@@ -47,7 +48,9 @@ def test_emit_script_then_import(bundle_copy, tmp_path):
     b = import_build(path, "Ascend910B4", "mixed", out)
     (tb,) = b.manifest.targets["ascend"]
     assert tb.info["source"] == "import" and tb.info["om_sha256_checked"] and tb.tool_version == "0.0.0.double"
-    assert tb.commands == {g: command_line(build_command(m, g, "Ascend910B4", "mixed")) for g in m.graphs}
+    assert tb.commands["rank"] == command_line(build_command(m, "rank", "Ascend910B4", "mixed"))
+    assert "--model=om/Ascend910B4/mixed/step.atc.onnx " in tb.commands["step"]
+    assert (path / "om/Ascend910B4/mixed/step.atc.onnx").read_bytes() == (out / "step.atc.onnx").read_bytes()
     for g, rel in tb.graphs.items():
         assert (path / rel).read_bytes() == (out / Path(rel).name).read_bytes()
 
