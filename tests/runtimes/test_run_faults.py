@@ -66,6 +66,7 @@ def _bad_lines(g: dict) -> dict[str, str]:
         "5000-digit-int": '{"user_id": 1, "items": [' + "7" * 5000 + "]}",
         "bom-mid-file": "\ufeff" + mut(),
         "nul": mut()[:-1] + "\x00}",
+        "not-utf8": '{"user_id": "a\udcff", "items": [1]}',  # byte 0xff (written with surrogateescape)
         "list": json.dumps([g]),
         "string": '"hello"',
         "number": "42",
@@ -131,6 +132,7 @@ EXPECT = {
     "5000-digit-int": "not valid JSON here (a number too long to read",
     "bom-mid-file": "not valid JSON (Unexpected UTF-8 BOM",
     "nul": "not valid JSON (",
+    "not-utf8": "not valid UTF-8 (byte 0xff at column 15)",
     "list": "expected a JSON object, got list",
     "string": "expected a JSON object, got str",
     "number": "expected a JSON object, got int",
@@ -187,7 +189,7 @@ EXPECT = {
 def test_a_hostile_line_is_one_error_naming_it_and_nothing_is_written(case, tmp_path, bundles, good, capsys):
     line = _bad_lines(good[0])[case]
     src, out = tmp_path / "requests.jsonl", tmp_path / "recs.jsonl"
-    write_jsonl(src, [good[1], line, good[2]])
+    src.write_bytes("\n".join([json.dumps(good[1]), line, json.dumps(good[2])]).encode("utf-8", "surrogateescape"))
     code, err = run(bundles["hstu"], "--input", src, "--output", out, capsys=capsys)
     assert code == 1
     assert len(err) == 1, err
@@ -203,7 +205,7 @@ def test_every_hostile_line_is_skipped_by_name_in_one_subprocess(tmp_path, bundl
     cases = sorted(EXPECT)
     lines = [json.dumps(good[0]), *(_bad_lines(good[0])[c] for c in cases), json.dumps(good[1])]
     src, out = tmp_path / "requests.jsonl", tmp_path / "recs.jsonl"
-    src.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode("utf-8") + b"\n")
+    src.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode("utf-8", "surrogateescape") + b"\n")
     proc = genrec_run(bundles["hstu"], "--input", src, "--output", out, "--skip-invalid")
     assert proc.returncode == 0, proc.stderr
     skipped = [x for x in proc.stderr.splitlines() if x.startswith("skipped ")]
@@ -231,6 +233,27 @@ def test_rank_mode_needs_candidates_and_a_long_line_is_refused(tmp_path, bundles
     assert code == 0 and err[0] == f"skipped {src} line 2: longer than 16 MiB; split the history (only the " \
                                    "last T items are used)"
     assert len(read_jsonl(out)) == 2
+
+
+def test_a_request_the_loop_cannot_answer_is_skipped_and_its_batch_runs(tmp_path, bundles, beauty, good, capsys):
+    """A deny list of the whole catalogue leaves no item to generate: a RequestError for that
+    line only. --skip-invalid reports it like a bad line and the rest of its batch still runs;
+    without it the run stops, naming the line, and writes nothing."""
+    everything = {**good[1], "user_id": "greedy", "exclude": beauty.item_map.to_list()}
+    src, out = tmp_path / "requests.jsonl", tmp_path / "recs.jsonl"
+    write_jsonl(src, [good[0], everything, good[2]])  # one batch
+    args = [bundles["hstu"], "--input", src, "--output", out, "--generate", 2]
+    code, err = run(*args, "--skip-invalid", capsys=capsys)
+    assert code == 0, err
+    assert err[0].startswith(f"skipped {src} line 2 (user_id 'greedy'): no item left to recommend at step 1")
+    assert [r["user_id"] for r in read_jsonl(out)] == [good[0]["user_id"], good[2]["user_id"]]
+    assert err[1].startswith("2 requests, 1 skipped in 1 batch")
+    out.unlink()
+    code, err = run(*args, capsys=capsys)
+    assert code == 1 and len(err) == 1
+    assert err[0].startswith(f"error: {src} line 2 (user_id 'greedy'): no item left to recommend")
+    assert err[0].endswith("; nothing was written (--skip-invalid runs the valid lines)")
+    assert files(tmp_path) == ["requests.jsonl"]
 
 
 # --------------------------------------------------------------------------------------------
