@@ -321,7 +321,8 @@ def check_output(output_path: str, input_path: str) -> Path:
               help="onnxruntime provider option, passed through (repeatable).")
 @click.option("--device", default=None, help="torch device: cpu, cuda or npu. [default: cpu]")
 @click.option("--precision", default=None, help="onnxruntime graph variant: fp32, fp16, int8. [default: the bundle's]")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (onnxruntime intra-op, torch).")
+@click.option("--threads", type=click.IntRange(min=1, max=1024), default=None,
+              help="CPU threads (onnxruntime intra-op, torch).")
 @click.option("--input", "input_path", default="-", show_default=True, metavar="PATH",
               help="Requests, one JSON object per line (UTF-8, a BOM is fine).")
 @click.option("--output", "output_path", default="-", show_default=True, metavar="PATH",

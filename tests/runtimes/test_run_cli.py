@@ -102,6 +102,7 @@ def test_generate_and_rank_modes_match_the_api(tmp_path, bundles, backends, requ
     (["--seed", "3"], "--seed require --generate N"),
     (["--generate", "2", "--top-p", "0.5"], "--top-p do not apply to --strategy greedy"),
     (["--generate", "2", "--rank"], "--generate and --rank are different modes"),
+    (["--threads", str(10**20)], "is not in the range 1<=x<=1024"),  # was a TypeError deep in onnxruntime
 ])
 def test_usage_errors(bundles, args, message):
     res = CliRunner().invoke(run_command, [str(bundles["sasrec"]), *args], input="")
