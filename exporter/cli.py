@@ -176,6 +176,7 @@ def engines_table(b, soc_version: str | None) -> Table:
     bundle has a build with `atc --mode=1` sidecars, the engines that build really uses."""
     import onnx
 
+    from .atc_variant import rewrite_cache_writes
     from .om_sidecar import engine_counts, read_sidecar
     from .op_engines import aicpu_ops, soc_family
 
@@ -193,9 +194,16 @@ def engines_table(b, soc_version: str | None) -> Table:
         for name, spec in m.graphs.items():
             model = onnx.load(str(b.path / spec.file), load_external_data=False)
             found = aicpu_ops(model, soc, "fp32", batch)
+            # what ATC reads by default: the graph with its cache writes as Where (atc_variant)
+            variant = {f.op_type: f for f in aicpu_ops(rewrite_cache_writes(model)[0], soc, "fp32", batch)}
             for f in found:
+                v = variant.get(f.op_type)
                 mb = f"{f.bytes_per_call / 1e6:.1f}" if f.bytes_per_call else "?"
-                table.add_row(soc, name, f.op_type, str(f.count), f.engine, f.cost, mb)
+                count = str(f.count)
+                if v is None or v.count != f.count:
+                    count += f" ({v.count if v else 0} in the ATC variant)"
+                    mb += f" ({v.bytes_per_call / 1e6:.1f})" if v and v.bytes_per_call else " (0)"
+                table.add_row(soc, name, f.op_type, count, f.engine, f.cost, mb)
             if not found:
                 table.add_row(soc, name, "-", "0", "all ops on AI Core", "", "")
     for tb in builds:

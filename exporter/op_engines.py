@@ -27,8 +27,8 @@ AICPU_TABLE: dict[str, dict[str, str]] = {
 # TopK: fp32 had only an fp16 AI Core kernel (TopKD) in 2022; current aclnn puts fp32 on AI Core
 _TOPK_FP32 = "fp32 TopK: AI CPU on older CANN (TopKD was fp16 only); current aclnn dispatches it to AI Core"
 _COST = {
-    "ScatterElements": "per call, the AI CPU kernel copies its whole data input (the KV cache tensor) to its "
-                       "output, then scatters",
+    "ScatterElements": "per call, the AI CPU kernel copies its whole data input (a KV cache tensor, or the "
+                       "score row for exclusions) to its output, then scatters",
     "GatherElements": "per call, an AI CPU task reading the gathered tensor",
     "CumSum": "per call, an AI CPU task",
     "Trilu": "keep causal masks constant",

@@ -19,6 +19,7 @@ from support import ARCHS
 
 from genrec.bundle import load_bundle, write_manifest
 from genrec.errors import BundleError, ExportError, MissingBackend
+from genrec.manifest import Manifest
 from genrec.exporter.atc import AtcError, build_command, command_line
 from genrec.exporter.convert import convert_bundle, verify_target_builds
 
@@ -88,6 +89,9 @@ def test_every_backbone_converts_and_verifies(arch, bundle_copy, on_path, tmp_pa
     ops_atc = [n.op_type for n in onnx.load(str(path / step["file"])).graph.node]
     assert len(step["nodes"]) == len(m.cache) and ops.count("ScatterElements") - ops_atc.count("ScatterElements") \
         == len(m.cache) == ops_atc.count("Where") - ops.count("Where")
+    # the manifest round-trips exactly with its new build
+    assert Manifest.from_dict(json.loads((path / "manifest.json").read_text())) == m
+    assert Manifest.from_dict(m.to_dict()).to_dict() == m.to_dict()
     # everything else is what it was: same graphs, same checkpoint, same dims
     assert {k: v for k, v in m.files.items() if not k.startswith("om/")} == before.files
     assert m.dims == before.dims and m.graphs == before.graphs

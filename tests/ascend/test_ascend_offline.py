@@ -127,6 +127,7 @@ def test_inspect_lists_ai_cpu_ops(bundle_copy, tmp_path):
     table = p.stdout[p.stdout.index("ops off AI Core"):]
     step = [ln for ln in table.splitlines() if "│ step" in ln and "ScatterElements" in ln]
     assert step and "AI CPU only" in step[0], table
+    assert "(1 in the ATC variant)" in step[0]  # only the exclusion scatter is left for ATC
     p = genrec("inspect", str(path), "--target", "ascend", "--soc-version", "Ascend950")
     table = p.stdout[p.stdout.index("ops off AI Core"):]
     assert p.returncode == 0 and "all ops on AI Core" in table and "ScatterElements" not in table

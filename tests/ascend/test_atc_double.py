@@ -182,3 +182,21 @@ def test_parser_looks_up_domain_opset_op_exactly(tmp_path, op, opset, domain, ke
 def test_parser_accepts_a_registered_key(tmp_path):
     # LayerNormalization is registered at 17..18 only; Relu at 18 is fine
     assert atc(*base(tiny(tmp_path / "m.onnx", op="Relu", opset=17), tmp_path / "m")).returncode == 0
+
+
+def test_gear_models_need_fixed_intermediate_shapes(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    n = helper.make_tensor_value_info("lengths", TensorProto.INT32, ["batch"])
+    y = helper.make_tensor_value_info("y", TensorProto.INT64, [2, "nz"])
+    graph = helper.make_graph([helper.make_node("NonZero", ["x"], ["y"], name="nonzero_0")], "g", [x, n], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(model, tmp_path / "m.onnx")
+    p = atc(*base(tmp_path / "m.onnx", tmp_path / "m"))
+    assert failed_with(p, "E19999") == "Unknown error occurred. Please check the log."
+    assert "nonzero_0 (NonZero) has a data-dependent output shape" in p.stdout
+
+
+def test_mode_6_displays_an_om(tmp_path):
+    assert atc(*base(tiny(tmp_path / "m.onnx"), tmp_path / "m"), env=double_env(GENREC_ATC_DOUBLE_PLAIN_NAME="1")).returncode == 0
+    p = atc("--mode=6", f"--om={tmp_path / 'm.om'}")
+    assert p.returncode == 0 and "soc_version: Ascend310P3" in p.stdout and "gears: [[1], [4], [8]]" in p.stdout
