@@ -346,9 +346,11 @@ def check_output(output_path: str, input_path: str) -> Path:
               help="Requests per batch; memory is bounded by one batch. [default: the largest batch gear]")
 @click.option("--skip-invalid", is_flag=True,
               help="Skip bad lines and requests that cannot be answered (listed on stderr) instead of stopping.")
+@click.option("--expect-digest", metavar="SHA256",
+              help="Refuse any bundle whose digest (printed by `genrec inspect`) is not this one.")
 def run_command(bundle, backend, provider, provider_options, device, precision, threads, input_path,
                 output_path, k, steps, strategy, beams, temperature, top_k, top_p, seed, allow_repeats,
-                rank_mode, batch_size, skip_invalid):
+                rank_mode, batch_size, skip_invalid, expect_digest):
     """Run JSONL requests through BUNDLE (a bundle directory; for --backend torch also a
     checkpoint file) and write one JSON line per request: user_id, items, scores.
 
@@ -369,6 +371,7 @@ def run_command(bundle, backend, provider, provider_options, device, precision, 
     genrec-run bundle/ --backend torch --rank --input requests.jsonl
     """
     from genrec.atomic import atomic_file
+    from genrec.bundle import load_bundle
 
     from . import decoding
     from .registry import get_backend
@@ -390,8 +393,12 @@ def run_command(bundle, backend, provider, provider_options, device, precision, 
         params = decoding.SearchParams(strategy=strategy, num_beams=beams or 4,
                                        temperature=temperature or 1.0, top_k=top_k, top_p=top_p,
                                        seed=seed, allow_repeats=allow_repeats)
+    if expect_digest is not None and not Path(bundle).is_dir():
+        raise click.UsageError("--expect-digest pins a bundle directory; BUNDLE is a checkpoint file")
     to_stdout = output_path == "-"
     target = None if to_stdout else check_output(output_path, input_path)  # before any compute
+    if expect_digest is not None:  # refuse another bundle before any request is read
+        bundle = load_bundle(bundle, expect_digest=expect_digest)
     fh, name, close = open_requests(input_path)
     options = {"provider": provider, "device": device, "precision": precision, "threads": threads,
                "provider_options": _parse_kv(provider_options) or None}
