@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from genrec.atomic import atomic_directory
+from genrec.atomic import atomic_directory, check_writable
 from genrec.bundle import Bundle, io_spec_from_onnx, load_bundle, tool_versions, write_manifest
 from genrec.manifest import DEFAULT_STEP_TOPK, Dims, GraphSpec, Manifest, TensorSpec
 from genrec.checkpoint import Checkpoint, load_checkpoint
@@ -228,6 +228,7 @@ def export_bundle(checkpoint: str | Path, output: str | Path, *, opset: int = 18
     output = Path(output)
     if output.exists() and not force:
         raise ExportError(f"{output} exists; pass --force to replace it")
+    check_writable(output, directory=True)  # a bad -o is refused before minutes of export
     ckpt = load_checkpoint(checkpoint)
     model = ckpt.model.eval()
     dims = resolve_dims(model, max_history, max_new_items, topk, max_exclude, rank_candidates, step_topk,

@@ -48,6 +48,10 @@ def parity_command(bundle, reference, candidate, data, users, steps, beams, thre
 
     from .parity import load_thresholds, requests_from_data, run_parity
 
+    if report:
+        from genrec.atomic import check_writable
+
+        check_writable(report)  # before minutes of comparison, not after
     b = load_bundle(bundle, expect_digest=expect_digest)
     ref_name, ref_prec = parse_backend(reference)
     cand_name, cand_prec = parse_backend(candidate)

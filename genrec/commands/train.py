@@ -69,11 +69,13 @@ def train_command(data, fmt, sep, arch, preset, config_file, sets, output, quiet
     """Sampled-softmax training with validation NDCG@10 and early stopping; writes model.pt."""
     import dataclasses
 
+    from ..atomic import check_writable
     from ..checkpoint import save_checkpoint
     from ..models import make_config
     from ..progress import TrainProgress
     from ..training import TrainConfig, init_model, train
 
+    check_writable(output)  # before the training, not after it
     settings = {}
     if config_file:
         try:
@@ -127,6 +129,11 @@ def evaluate_command(checkpoint, data, fmt, sep, which, json_out, baseline):
     from ..data import ItemMap
     from ..evaluation import evaluate
     from ..metrics import format_metrics_table, most_popular_ranks, ranking_metrics
+
+    if json_out:
+        from ..atomic import check_writable
+
+        check_writable(json_out)
 
     ckpt = load_checkpoint(checkpoint)
     split = _load_split(data, fmt, sep, item_map=ItemMap.from_list(ckpt.id_map))
