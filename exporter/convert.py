@@ -88,6 +88,21 @@ def stage_bundle(src: Path, dst: Path, skip_prefix: str | None = None) -> None:
                 shutil.copy2(src / rel, target)
 
 
+def manifest_sha(path: Path) -> str:
+    """sha256 of the bundle's manifest.json as it is on disk now."""
+    from genrec.bundle import sha256_file
+
+    return sha256_file(path / "manifest.json")
+
+
+def check_unchanged(path: Path, sha: str) -> None:
+    """Refuse to replace a bundle that changed since the conversion read it (another conversion
+    or export finished meanwhile): replacing it would silently drop that change."""
+    if manifest_sha(path) != sha:
+        raise ExportError(f"{path} changed while this conversion ran (another conversion or export?); nothing was "
+                          "replaced: run it again")
+
+
 def replace_build(m: Manifest, build: TargetBuild) -> Manifest:
     """The manifest with ``build`` added to ``targets.ascend`` (replacing the same soc+precision)."""
     builds = [b for b in m.targets.get(TARGET, ()) if (b.soc, b.precision) != (build.soc, build.precision)]
@@ -169,6 +184,7 @@ def convert_bundle(bundle: str | os.PathLike[str], soc: str, precision: str = "f
         raise ExportError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if jobs < 1:
         raise ExportError(f"--jobs {jobs}: need at least 1")
+    sha = manifest_sha(path) if (path / "manifest.json").is_file() else ""
     b = load_bundle(path)
     m = b.manifest
     if existing_build(m, soc, precision) is not None and not force:
@@ -215,6 +231,7 @@ def convert_bundle(bundle: str | os.PathLike[str], soc: str, precision: str = "f
         write_manifest(tmp, replace_build(m, build))
         staged = load_bundle(tmp)
         verify_target_builds(staged)
+        check_unchanged(path, sha)
     if own_logs:
         shutil.rmtree(logs, ignore_errors=True)
     return load_bundle(path, verify=False)  # verified in full as staged, just before the rename

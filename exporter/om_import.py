@@ -28,8 +28,8 @@ from genrec.errors import BundleError, ExportError
 from genrec.manifest import TargetBuild
 
 from .atc import PRECISIONS, build_command, check_soc, command_line, om_dir, precision_files
-from .convert import (atc_inputs, existing_build, lint_for_atc, om_producer, precision_files_names,
-                      replace_build, stage_bundle, verify_target_builds)
+from .convert import (atc_inputs, check_unchanged, existing_build, lint_for_atc, manifest_sha, om_producer,
+                      precision_files_names, replace_build, stage_bundle, verify_target_builds)
 from .om_sidecar import check_sidecar, read_sidecar
 
 __all__ = ["emit_script", "import_build"]
@@ -172,6 +172,7 @@ def import_build(bundle: str | os.PathLike[str], soc: str, precision: str, direc
     if not src.is_dir():
         raise BundleError(f"--import {src}: not a directory")
     path = Path(bundle)
+    sha = manifest_sha(path) if (path / "manifest.json").is_file() else ""
     b = load_bundle(path)
     m = b.manifest
     if existing_build(m, soc, precision) is not None and not force:
@@ -228,5 +229,6 @@ def import_build(bundle: str | os.PathLike[str], soc: str, precision: str, direc
                   "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         write_manifest(tmp, replace_build(m, build))
         verify_target_builds(load_bundle(tmp))
-    return load_bundle(path)
+        check_unchanged(path, sha)
+    return load_bundle(path, verify=False)  # verified in full as staged, just before the rename
 

@@ -266,3 +266,33 @@ def test_missing_atc_in_process_is_a_missing_backend(bundle_copy, monkeypatch):
         convert_bundle(path, "Ascend310P3", atc=DOUBLE_BIN / "nope")
     with pytest.raises(ExportError, match="expected an Ascend SoC name"):
         convert_bundle(path, "../etc")
+
+
+def test_a_failure_with_parallel_jobs_stops_the_others_and_changes_nothing(bundle_copy, on_path, monkeypatch,
+                                                                          tmp_path):
+    path = bundle_copy("gpt")
+    before = snapshot(path)
+    monkeypatch.setenv("GENREC_ATC_DOUBLE_FAULT", "rank:crash")
+    with pytest.raises(AtcError, match=r"ATC failed on rank \(exit 134\)"):
+        convert_bundle(path, "Ascend910B4", jobs=3, log_dir=tmp_path / "logs")
+    assert snapshot(path) == before and siblings(path) == []
+
+
+def test_a_bundle_changed_meanwhile_is_not_replaced(bundle_copy, on_path, monkeypatch, tmp_path):
+    """Two writers: another conversion finishes while this one runs. Replacing the bundle would
+    drop that build, so this conversion refuses instead."""
+    from genrec.exporter import convert as conv
+
+    path = bundle_copy("sasrec")
+    real = conv.verify_target_builds
+
+    def other_writer_finishes(b):
+        m = load_bundle(path).manifest
+        write_manifest(path, m.replace(extra={**m.extra, "note": "written by another run"}))
+        return real(b)
+
+    monkeypatch.setattr(conv, "verify_target_builds", other_writer_finishes)
+    with pytest.raises(ExportError, match="changed while this conversion ran"):
+        convert_bundle(path, "Ascend310P3", log_dir=tmp_path / "logs")
+    m = load_bundle(path).manifest
+    assert m.extra["note"] == "written by another run" and not m.targets and siblings(path) == []

@@ -200,3 +200,16 @@ def test_mode_6_displays_an_om(tmp_path):
     assert atc(*base(tiny(tmp_path / "m.onnx"), tmp_path / "m"), env=double_env(GENREC_ATC_DOUBLE_PLAIN_NAME="1")).returncode == 0
     p = atc("--mode=6", f"--om={tmp_path / 'm.om'}")
     assert p.returncode == 0 and "soc_version: Ascend310P3" in p.stdout and "gears: [[1], [4], [8]]" in p.stdout
+
+
+def test_zero_sized_tensors_and_unknown_out_nodes_are_refused(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 0])
+    n = helper.make_tensor_value_info("lengths", TensorProto.INT32, ["batch"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 0])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu_0")], "g", [x, n], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "z.onnx")
+    p = atc(*[a for a in base(tmp_path / "z.onnx", tmp_path / "z") if not a.startswith("--input_shape")],
+            "--input_shape=x:-1,0;lengths:-1")
+    assert failed_with(p, "E19999") and "zero-sized dim" in p.stdout
+    p = atc(*base(tiny(tmp_path / "m.onnx"), tmp_path / "m", "--out_nodes=nowhere:0"))
+    assert failed_with(p, "E10016").startswith("Op name nowhere specified in --out_nodes is not found in the model.")
