@@ -80,6 +80,7 @@ LAZY_COMMANDS = {
     "bench": "genrec.runtimes.bench_cli:bench_command",
     "convert": "genrec.exporter.cli:convert_command",
     "doctor": "genrec.doctor:doctor_command",
+    "quantize": "genrec.calibration.cli:quantize_command",
 }
 
 
