@@ -21,14 +21,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from genrec.atomic import atomic_directory, check_writable
 from genrec.bundle import Bundle, io_spec_from_onnx, load_bundle, tool_versions, write_manifest
 from genrec.manifest import DEFAULT_STEP_TOPK, Dims, GraphSpec, Manifest, TensorSpec
 from genrec.checkpoint import Checkpoint, load_checkpoint
-from genrec.errors import ExportError, GenrecError
+from genrec.errors import ExportError
 from genrec.models import GenerativeRecommender
 from genrec.onnx_graph import castlike_to_cast, narrow_index_casts
 

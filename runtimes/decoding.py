@@ -38,18 +38,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from genrec.errors import ConfigError, DataError, RequestError
-from genrec.inputs import history_feed
 
-from .base import Backend, PrefillBatch, State, StepOutput
+from .base import Backend, StepOutput
+from .batching import Where, chunks, exclusions, gear, history_exclusions, pad, prefill_rows
 from .exact import resolve
-from .requests import Prepared, Request, Result, cut, request_from_json, validate_request, validate_requests
+from .requests import Prepared, Request, Result, request_from_json, validate_request, validate_requests
+from .stepping import Stepper
 
-__all__ = ["Request", "Result", "SearchParams", "generate", "prepare", "rank", "recommend"]
+__all__ = ["Request", "Result", "SearchParams", "Stepper", "chunks", "generate", "prepare", "rank", "recommend"]
 
 STRATEGIES = ("greedy", "beam", "sample")
-DENSE_KEYS = 1 << 22  # largest (rows x id span) table ``_exclude`` dedupes in (32 MiB of int64)
 OnBatch = Callable[[int, float], None]  # (requests in the batch, seconds it took)
-Where = Callable[[int], str]  # names request i (0-based) of the sequence passed in, in errors
 
 
 def _request_n(i: int) -> str:
@@ -126,115 +125,6 @@ def _namer(where: Where, start: int, rows: list[Prepared]) -> Callable[[int], st
     return lambda i: f"{where(start + i)} (user_id {rows[i].user_id!r})"
 
 
-def _chunks(backend: Backend, rows: list, batch_size: int | None, per_request: int = 1):
-    """(index of the first request, requests) in order, at most a gear's worth of rows each."""
-    largest = max(backend.batch_gears)
-    size = min(batch_size or largest, largest // per_request)  # requests per batch
-    if size < 1:
-        raise ConfigError(f"{per_request} rows per request do not fit the largest batch gear "
-                          f"{largest}; use fewer beams or a bundle with larger gears")
-    for start in range(0, len(rows), size):
-        yield start, rows[start:start + size]
-
-
-def _gear(backend: Backend, n: int) -> int:
-    return next(g for g in sorted(backend.batch_gears) if g >= n)
-
-
-def _pad(a: np.ndarray | None, g: int) -> np.ndarray | None:
-    """Pad the batch axis to ``g`` rows by repeating row 0 (valid inputs, results dropped)."""
-    if a is None or len(a) == g:
-        return a
-    return np.concatenate([a, np.repeat(a[:1], g - len(a), axis=0)])
-
-
-def _exclude(backend: Backend, lists: list[np.ndarray], needed: int = 1, where: Where | None = None,
-             k: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Per-row exclusion lists -> (exclude_ids (n, X) int32, overflow ids per row for the host).
-
-    Each row keeps its ids once, in order of first occurrence,
-    the first X in ``exclude_ids`` and the rest as overflow; done for all rows at once: the
-    first occurrence of every (row, id) key is found with one ``minimum.at`` into a dense
-    (rows x ids) table when that table is small, else with one stable sort of the keys.
-    Any overflow is fine (``exact.resolve`` answers such rows exactly); ``needed``, ``where``
-    and ``k`` sized the old refusal and are ignored, kept for parity's and bench's calls.
-    """
-    x, n = backend.dims.max_exclude, len(lists)
-    out = np.zeros((n, x), np.int32)
-    sizes = np.fromiter((len(ids) for ids in lists), np.int64, n)
-    flat = np.concatenate(lists).astype(np.int64, copy=False) if sizes.sum() else np.zeros(0, np.int64)
-    rows = np.repeat(np.arange(n), sizes)
-    if flat.size:
-        low = int(flat.min())
-        span = int(flat.max()) - low + 1
-        key = rows * span + (flat - low)
-        at = np.arange(flat.size)
-        if n * span <= DENSE_KEYS:
-            first = np.full(n * span, flat.size, np.int64)
-            np.minimum.at(first, key, at)  # index of each key's first occurrence
-            keep = first[key] == at
-        else:
-            order = np.argsort(key, kind="stable")  # equal keys keep their order: first occurrence leads
-            sorted_key = key[order]
-            lead = np.ones(flat.size, bool)
-            lead[1:] = sorted_key[1:] != sorted_key[:-1]
-            keep = np.zeros(flat.size, bool)
-            keep[order[lead]] = True
-        flat, rows = flat[keep], rows[keep]
-    counts = np.bincount(rows, minlength=n)
-    rank = np.arange(flat.size) - (np.cumsum(counts) - counts)[rows]  # index within the row
-    inside = rank < x
-    out[rows[inside], rank[inside]] = flat[inside]
-    extra = np.maximum(counts - x, 0)
-    if not extra.any():
-        empty = flat[:0]
-        return out, [empty] * n
-    return out, cut(flat[~inside], extra)
-
-
-def _push(backend: Backend, excl: np.ndarray, overflow: list[np.ndarray], items: np.ndarray
-          ) -> tuple[np.ndarray, list[np.ndarray]] | None:
-    """``_exclude`` of each row's list with ``items[i]`` put in front, from that row's previous result.
-
-    When the new item is not in the row's list yet (it never is for a slate item: the loop only
-    picks valid candidates), the row's ids in order of first occurrence are the item, then the
-    old ones: ``exclude_ids`` shifts right by one and the id pushed past X leads the overflow.
-    Returns None when an item is already listed (the caller redoes the full ``_exclude``).
-    """
-    x = backend.dims.max_exclude
-    sizes = np.fromiter((o.size for o in overflow), np.int64, len(overflow))
-    if not x or (excl == items[:, None]).any() or (
-            sizes.any() and (np.concatenate(overflow) == np.repeat(items, sizes)).any()):
-        return None
-    out = np.empty_like(excl)
-    out[:, 0], out[:, 1:] = items, excl[:, :-1]
-    dropped = excl[:, -1]  # nonzero: the row already held X ids, its last one overflows now
-    full = np.flatnonzero(dropped)
-    if not full.size:
-        return out, overflow
-    overflow = list(overflow)
-    for i in full:
-        overflow[i] = np.concatenate([dropped[i:i + 1].astype(np.int64), overflow[i]])
-    return out, overflow
-
-
-def _keep(out: StepOutput, row: int, overflow: np.ndarray) -> np.ndarray:
-    """Mask of row ``row``'s top-K' candidates that are valid: not masked, not in its overflow."""
-    keep = np.isfinite(out.topk_scores[row])
-    if overflow.size:
-        keep &= ~np.isin(out.topk_ids[row], overflow)
-    return keep
-
-
-def _valid(out: StepOutput, overflow: list[np.ndarray]) -> np.ndarray:
-    """(n, K') mask of the candidates ``_candidates`` keeps, for the first n = len(overflow) rows."""
-    keep = np.isfinite(out.topk_scores[:len(overflow)])
-    for i, extra in enumerate(overflow):
-        if extra.size:
-            keep[i] = _keep(out, i, extra)
-    return keep
-
-
 def _candidates(out: StepOutput, row: int, temperature: float
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row ``row``'s valid top-K of a resolved output (``exact.resolve``: every exclusion
@@ -244,30 +134,6 @@ def _candidates(out: StepOutput, row: int, temperature: float
     return ids, scores, scores.astype(np.float64) / temperature - float(out.log_z[row])
 
 
-@dataclass
-class _Batch:
-    """One chunk after prefill: the state and per-row step inputs (unpadded)."""
-
-    out: StepOutput
-    state: State
-    lengths: np.ndarray  # (n,) int32 history length after truncation to T
-    request_time: np.ndarray | None  # (n,) int32 rebased request time (HSTU step/rank timestamp)
-
-
-def _prefill(backend: Backend, rows: list[Prepared], exclude: np.ndarray) -> _Batch:
-    d, g = backend.dims, _gear(backend, len(rows))
-    feed, _base = history_feed(
-        [r.history for r in rows], d.max_history,
-        [r.times for r in rows] if d.needs_timestamps else None,
-        [r.request_time for r in rows] if d.needs_timestamps else None,
-        with_time=d.needs_timestamps)
-    batch = PrefillBatch(item_ids=_pad(feed["item_ids"], g), lengths=_pad(feed["lengths"], g),
-                         exclude_ids=_pad(exclude, g), timestamps=_pad(feed.get("timestamps"), g),
-                         request_time=_pad(feed.get("request_time"), g))
-    out, state = backend.prefill(batch)
-    return _Batch(out, state, feed["lengths"], feed.get("request_time"))
-
-
 def _raw(backend: Backend, ids: np.ndarray) -> list[int]:
     return backend.item_map.to_raw(ids).tolist() if len(ids) else []
 
@@ -275,11 +141,6 @@ def _raw(backend: Backend, ids: np.ndarray) -> list[int]:
 def _timed(on_batch: OnBatch | None, n: int, t0: float) -> None:
     if on_batch is not None:
         on_batch(n, time.perf_counter() - t0)
-
-
-def _history_exclusions(rows: list[Prepared], with_history: bool = True) -> list[np.ndarray]:
-    """Deny list first, then the history most recent first (what X keeps when it overflows)."""
-    return [np.concatenate([r.exclude, r.history[::-1]]) if with_history else r.exclude for r in rows]
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,10 +161,10 @@ def recommend(backend: Backend, requests: Sequence[Request | dict], k: int = 10,
         raise ConfigError(f"k={k} must be in 1..{backend.dims.topk} (the bundle's top K')")
     where = where or _request_n
     rows, results = prepare(backend, requests, where=where), []
-    for start, chunk in _chunks(backend, rows, batch_size):
+    for start, chunk in chunks(backend, rows, batch_size):
         t0 = time.perf_counter()
-        excl, overflow = _exclude(backend, _history_exclusions(chunk))
-        b = _prefill(backend, chunk, excl)
+        excl, overflow = exclusions(backend, history_exclusions(chunk))
+        b = prefill_rows(backend, chunk, excl)
         n = len(chunk)
         out = resolve(backend, b.out, excl, overflow, k, False, lambda r: start + r,
                       _namer(where, start, chunk))
@@ -347,7 +208,7 @@ def generate(backend: Backend, requests: Sequence[Request | dict], steps: int,
                           "re-export with a larger --step-topk")
     rows, results = prepare(backend, requests, where=where), []
     per_request = params.num_beams if beam else 1
-    for start, chunk in _chunks(backend, rows, batch_size, per_request):
+    for start, chunk in chunks(backend, rows, batch_size, per_request):
         t0 = time.perf_counter()
         run = _beam_chunk if beam else _greedy_chunk
         slates = run(backend, chunk, start, steps, params, where)
@@ -376,61 +237,33 @@ def _no_items(name: str, index: int, s: int) -> RequestError:
                         "is exhausted by the history, deny list and slate)", index)
 
 
-def _greedy_pick(out: StepOutput, overflow: list[np.ndarray], start: int, s: int) -> np.ndarray:
-    """Index into each row's top-K of its best valid candidate (the first one kept), for the
-    first n = len(overflow) rows; ``_no_items`` naming the first row with none left.
-
-    For parity's trace, which feeds both backends the reference's picks. It sees only the
-    graph's top-K: a row whose overflow covers all of it has no pick here although items
-    remain; the loop itself picks from ``exact.resolve``'s output instead."""
-    keep = _valid(out, overflow)
-    found = keep.any(axis=1)
-    if not found.all():
-        i = int(np.argmin(found))
-        raise _no_items(_request_n(start + i), start + i, s)
-    return np.argmax(keep, axis=1)
-
-
 def _greedy_chunk(backend: Backend, rows: list[Prepared], start: int, steps: int,
                   params: SearchParams, where: Where) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Greedy or sampled slates of one chunk: one cache row per request."""
+    """Greedy or sampled slates of one chunk: one cache row per request (a ``Stepper``)."""
     d, n = backend.dims, len(rows)
-    base = _history_exclusions(rows, not params.allow_repeats)
     rngs = ([np.random.default_rng(np.random.SeedSequence(params.seed, spawn_key=(start + i,)))
              for i in range(n)] if params.strategy == "sample" else [])
     slates = np.zeros((n, steps), np.int64)
     logps = np.zeros((n, steps))
-    name, index = _namer(where, start, rows), lambda r: start + r
-    excl, overflow = _exclude(backend, base)
-    b = _prefill(backend, rows, excl)
-    out, g = b.out, b.state.batch
+    stepper = Stepper(backend, rows, start=start, where=where, allow_repeats=params.allow_repeats)
     for s in range(steps):
-        if s:
-            if not params.allow_repeats:  # with repeats allowed the exclusions never change
-                pushed = _push(backend, excl, overflow, slates[:, s - 1])
-                if pushed is None:
-                    lists = [np.concatenate([slates[i, s - 1::-1], x]) for i, x in enumerate(base)]
-                    pushed = _exclude(backend, lists)
-                excl, overflow = pushed
-            out = backend.step(b.state, _pad(slates[:, s - 1], g), _pad(b.lengths + s - 1, g),
-                               _pad(b.request_time, g), _pad(excl, g))
-        width = out.topk_ids.shape[1]
         # greedy needs the best valid item; sampling the whole candidate list it draws from
+        width = d.step_topk if s else d.topk
         needed = 1 if params.strategy == "greedy" else min(params.top_k or width, width)
-        out = resolve(backend, out, excl, overflow, needed, True, index, name)
+        out = stepper.step(slates[:, s - 1], needed) if s else stepper.prefill(needed)
         if params.strategy == "greedy":  # the best valid candidate of every row at once
             best = out.topk_scores[:n, 0]
             found = np.isfinite(best)
             if not found.all():
                 i = int(np.argmin(found))
-                raise _no_items(name(i), start + i, s)
+                raise _no_items(stepper.name(i), start + i, s)
             slates[:, s] = out.topk_ids[:n, 0]
             logps[:, s] = best.astype(np.float64) / d.temperature - out.log_z[:n].astype(np.float64)
             continue
         for i in range(n):
             ids, _, lp = _candidates(out, i, d.temperature)
             if not ids.size:
-                raise _no_items(name(i), start + i, s)
+                raise _no_items(stepper.name(i), start + i, s)
             j = _sample(lp, params, rngs[i])
             slates[i, s], logps[i, s] = ids[j], lp[j]
     return list(zip(slates, logps))
@@ -443,13 +276,13 @@ def _beam_chunk(backend: Backend, rows: list[Prepared], start: int, steps: int,
     Each hypothesis needs its W best valid continuations (the W best slates of the next
     length are among them), so ``exact.resolve`` is asked for W per row."""
     d, n, w = backend.dims, len(rows), params.num_beams
-    base = _history_exclusions(rows, not params.allow_repeats)
+    base = history_exclusions(rows, not params.allow_repeats)
     items = np.zeros((n, w, steps), np.int64)  # slate of every hypothesis
     logps = np.zeros((n, w, steps))  # log p of each of its items
     score = np.full((n, w), -np.inf)  # sum of log p; -inf = no hypothesis in this slot
     name = _namer(where, start, rows)
-    excl, overflow = _exclude(backend, base)
-    b = _prefill(backend, rows, excl)
+    excl, overflow = exclusions(backend, base)
+    b = prefill_rows(backend, rows, excl)
     out = resolve(backend, b.out, excl, overflow, w, True, lambda r: start + r, name)
     for i in range(n):
         ids, _, lp = _candidates(out, i, d.temperature)
@@ -457,20 +290,20 @@ def _beam_chunk(backend: Backend, rows: list[Prepared], start: int, steps: int,
             raise _no_items(name(i), start + i, 0)
         m = min(w, ids.size)
         items[i, :, 0], items[i, :m, 0], logps[i, :m, 0], score[i, :m] = ids[0], ids[:m], lp[:m], lp[:m]
-    g = _gear(backend, n * w)  # one cache row per hypothesis from here on
+    g = gear(backend, n * w)  # one cache row per hypothesis from here on
     lengths = np.repeat(b.lengths, w)
     req = None if b.request_time is None else np.repeat(b.request_time, w)
     base_rows = [base[i] for i in range(n) for _ in range(w)]
     row_name, row_index = lambda r: name(r // w), lambda r: start + r // w
     if steps > 1:
-        backend.reorder(b.state, _pad(np.repeat(np.arange(n), w), g))
+        backend.reorder(b.state, pad(np.repeat(np.arange(n), w), g))
     for s in range(1, steps):
         flat = items.reshape(n * w, steps)
         lists = base_rows if params.allow_repeats else [
             np.concatenate([flat[r, :s][::-1], base_rows[r]]) for r in range(n * w)]
-        excl, overflow = _exclude(backend, lists)
-        out = backend.step(b.state, _pad(flat[:, s - 1], g), _pad(lengths + s - 1, g),
-                           _pad(req, g), _pad(excl, g))
+        excl, overflow = exclusions(backend, lists)
+        out = backend.step(b.state, pad(flat[:, s - 1], g), pad(lengths + s - 1, g),
+                           pad(req, g), pad(excl, g))
         # dead slots (score -inf) copy the best hypothesis and are skipped below
         out = resolve(backend, out, excl, overflow, w, True, row_index, row_name)
         parents = np.zeros((n, w), np.int64)
@@ -493,7 +326,7 @@ def _beam_chunk(backend: Backend, rows: list[Prepared], start: int, steps: int,
             items[i, :, s], logps[i, :, s] = cand[par, j], cand_lp[par, j]
             parents[i] = i * w + par
         if s < steps - 1:
-            backend.reorder(b.state, _pad(parents.reshape(-1), g))
+            backend.reorder(b.state, pad(parents.reshape(-1), g))
     top = score.argmax(axis=1)  # all slates have the same length: the penalty cannot reorder
     return [(items[i, top[i]], logps[i, top[i]]) for i in range(n)]
 
@@ -518,9 +351,9 @@ def rank(backend: Backend, requests: Sequence[Request | dict],
         requests = [_with_candidates(r, c) for r, c in zip(requests, candidates)]
     rows, results = prepare(backend, requests, need_candidates=True, where=where), []
     m = backend.dims.rank_candidates
-    for start, chunk in _chunks(backend, rows, batch_size):
+    for start, chunk in chunks(backend, rows, batch_size):
         t0 = time.perf_counter()
-        b = _prefill(backend, chunk, np.zeros((len(chunk), backend.dims.max_exclude), np.int32))
+        b = prefill_rows(backend, chunk, np.zeros((len(chunk), backend.dims.max_exclude), np.int32))
         g = b.state.batch
         scores = [np.zeros(r.candidates.size, np.float32) for r in chunk]
         for j in range(max(math.ceil(r.candidates.size / m) for r in chunk)):
@@ -529,7 +362,7 @@ def rank(backend: Backend, requests: Sequence[Request | dict],
                 part = r.candidates[j * m:(j + 1) * m]
                 block[i] = r.candidates[0] if r.candidates.size else 1
                 block[i, :part.size] = part
-            out = backend.rank(b.state, _pad(block, g), _pad(b.lengths, g), _pad(b.request_time, g))
+            out = backend.rank(b.state, pad(block, g), pad(b.lengths, g), pad(b.request_time, g))
             for i, r in enumerate(chunk):
                 part = scores[i][j * m:(j + 1) * m]
                 part[:] = out[i, :part.size]
@@ -545,3 +378,8 @@ def _with_candidates(req: Request | dict, cands: Sequence[int]) -> Request | dic
         return {**req, "candidates": cands}
     return Request(req.user_id, req.items, req.timestamps, req.request_time, req.exclude, cands)
 
+
+
+# the loop's former private names, for code written against them (new code: batching, Stepper)
+_chunks, _exclude, _gear, _history_exclusions, _pad, _prefill = (
+    chunks, exclusions, gear, history_exclusions, pad, prefill_rows)

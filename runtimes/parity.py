@@ -31,8 +31,7 @@ from genrec.inputs import tile_history
 from genrec.metrics import ranking_metrics
 
 from .base import Backend, StepOutput
-from .decoding import (SearchParams, _chunks, _exclude, _greedy_pick, _history_exclusions, _pad, _prefill,
-                       generate, prepare, recommend)
+from .decoding import SearchParams, Stepper, chunks, generate, prepare, recommend
 from .requests import Request
 
 TASK_K = 10
@@ -201,32 +200,27 @@ class TensorTrace:
 
 
 def trace_tensors(ref: Backend, cand: Backend, requests: list[Request], steps: int, seed: int = 0) -> TensorTrace:
+    """Both backends call by call on identical inputs: the loop's own ``Stepper`` for each,
+    the reference's exact greedy choice appended to both, every graph output compared."""
     trace = TensorTrace()
     rows = prepare(ref, requests)
     rng = np.random.default_rng(seed)
     m = ref.dims.rank_candidates
-    for start, chunk in _chunks(ref, rows, None):
-        users = [r.user_id for r in chunk]
-        base = _history_exclusions(chunk)
-        excl, overflow = _exclude(ref, base, 1, lambda i: f"request {start + i}")
-        rb, cb = _prefill(ref, chunk, excl), _prefill(cand, chunk, excl)
-        trace.compare("prefill", rb.out, cb.out, users)
-        g = rb.state.batch
-        block = rng.integers(1, ref.dims.num_items + 1, (len(chunk), m))
-        args = (_pad(block, g), _pad(rb.lengths, g), _pad(rb.request_time, g))
-        trace.stats("rank", "scores").add(ref.rank(rb.state, *args)[:len(chunk)],
-                                          cand.rank(cb.state, *args)[:len(chunk)], users)
-        n = len(chunk)
-        slates = np.zeros((n, steps), np.int64)
-        out = rb.out
+    for start, chunk in chunks(ref, rows, None):
+        users, n = [r.user_id for r in chunk], len(chunk)
+        rs, cs = Stepper(ref, chunk, start=start), Stepper(cand, chunk, start=start)
+        out = rs.prefill()
+        cs.prefill()
+        trace.compare("prefill", rs.raw, cs.raw, users)
+        block = rng.integers(1, ref.dims.num_items + 1, (n, m))
+        trace.stats("rank", "scores").add(rs.rank(block), cs.rank(block), users)
         for s in range(steps):
-            # the reference's own greedy choice
-            slates[:, s] = out.topk_ids[np.arange(n), _greedy_pick(out, overflow, start, s)]
-            lists = [np.concatenate([slates[i, s::-1], x]) for i, x in enumerate(base)]
-            excl, overflow = _exclude(ref, lists, 1, lambda i: f"request {start + i}", ref.dims.step_topk)
-            step_in = (_pad(slates[:, s], g), _pad(rb.lengths + s, g), _pad(rb.request_time, g), _pad(excl, g))
-            out = ref.step(rb.state, *step_in)
-            trace.compare(f"step {s + 1}", out, cand.step(cb.state, *step_in), users)
+            if not np.isfinite(out.topk_scores[:n, 0]).all():  # a row ran out of items
+                break
+            items = out.topk_ids[:n, 0]  # the reference's own greedy choice
+            out = rs.step(items)
+            cs.step(items)
+            trace.compare(f"step {s + 1}", rs.raw, cs.raw, users)
     return trace
 
 
@@ -264,10 +258,7 @@ def run_parity(ref: Backend, cand: Backend, reqs: ParityRequests, *, steps: int 
                 "thresholds": asdict(thresholds), "breaches": mismatch, "passed": False}
     steps = min(steps, ref.dims.capacity - ref.dims.max_history)
     trace = trace_tensors(ref, cand, reqs.requests, steps, seed)
-    # long lists for MRR, but short enough that exclusions overflowing X (filtered on the
-    # host from the top K') still leave list_k valid items for every request
-    overflow = max((len(set(r.items) | set(r.exclude)) - ref.dims.max_exclude for r in reqs.requests), default=0)
-    list_k = max(k, min(ref.dims.topk - max(overflow, 0), 100))
+    list_k = max(k, min(ref.dims.topk, 100))  # long lists for MRR (exact for any history length)
     rec_ref = recommend(ref, reqs.requests, k=list_k)
     rec_cand = recommend(cand, reqs.requests, k=list_k)
     ref_lists, cand_lists = [r.items for r in rec_ref], [r.items for r in rec_cand]

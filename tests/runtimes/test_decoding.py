@@ -198,8 +198,9 @@ def test_api_errors_name_the_request(backends, requests):
 
 
 def test_exclusion_lists_dedupe_the_same_with_either_method(backends, requests, monkeypatch):
-    """``_exclude`` keeps each id once per row in order of first occurrence, whether it finds
+    """``exclusions`` keeps each id once per row in order of first occurrence, whether it finds
     first occurrences in a dense table or by sorting (large catalogues); real histories repeat items."""
+    import genrec.runtimes.batching as batching
     import genrec.runtimes.decoding as dec
 
     _, backend = backends["llama"]
@@ -214,8 +215,8 @@ def test_exclusion_lists_dedupe_the_same_with_either_method(backends, requests, 
     x = backend.dims.max_exclude
     got = {}
     for dense in (1 << 22, 0):
-        monkeypatch.setattr(dec, "DENSE_KEYS", dense)
-        excl, overflow = dec._exclude(backend, lists, 1, str)
+        monkeypatch.setattr(batching, "DENSE_KEYS", dense)
+        excl, overflow = batching.exclusions(backend, lists)
         got[dense] = [[int(v) for v in e if v] + o.tolist() for e, o in zip(excl, overflow)]
         assert all(len(w) <= x or len(o) == len(w) - x for w, o in zip(want, overflow))
     assert got[1 << 22] == got[0] == want

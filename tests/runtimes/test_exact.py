@@ -17,7 +17,9 @@ from genrec.errors import ConfigError, RequestError
 from genrec.inputs import history_feed
 from genrec.runtimes import Request, SearchParams, StepOutput, generate, rank, recommend
 from genrec.runtimes import exact
-from genrec.runtimes.decoding import _exclude, _history_exclusions, _prefill, _sample, prepare
+from genrec.runtimes.batching import exclusions as _exclude, history_exclusions as _history_exclusions
+from genrec.runtimes.batching import prefill_rows as _prefill
+from genrec.runtimes.decoding import _sample, prepare
 from genrec.runtimes.pytorch import TorchBackend
 
 ARCH = "hstu"

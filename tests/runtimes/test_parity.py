@@ -163,3 +163,24 @@ def test_expect_digest_refuses_another_bundle(bundles):
     assert res.returncode == 1 and f"digest {digest} is not the expected" in res.stderr
     res = _parity_cli(bundles["gpt"], "--expect-digest", digest)
     assert res.returncode == 0, res.stderr
+
+
+def test_parity_runs_on_histories_longer_than_the_exclude_width(backends, bundles):
+    """Histories past X once made the gate refuse to run; it now drives the loop's own
+    Stepper, whose answers are exact for any length, and the backends agree."""
+    from genrec.runtimes import Request
+    from genrec.runtimes.parity import ParityRequests
+
+    ref, cand = backends["hstu"]
+    base = requests_from_data(SLICE, ref.item_map.to_list(), 200, ref.dims.max_history)
+    pool = list(dict.fromkeys(i for r in base.requests for i in r.items))  # distinct items, in order
+    width = 3 * ref.dims.max_exclude
+    assert len(pool) >= 12 * 5 + width
+    long = []
+    for u in range(12):  # each history: `width` distinct items, so exclusions overflow X
+        items = pool[5 * u:5 * u + width]
+        times = [1_400_000_000 + 3600 * t for t in range(width)]
+        long.append(Request(f"long{u}", items, times, times[-1] + 60))
+    report = run_parity(ref, cand, ParityRequests(long, base.targets[:12], 12, "joined histories"), steps=3)
+    assert report["passed"], report["breaches"]
+    assert report["requests"] == 12 and "step 3" in report["tensor"]
