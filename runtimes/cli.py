@@ -245,7 +245,9 @@ class _Stream:
         while reqs:
             where = lambda i: f"{self.name} line {nums[i]}"  # noqa: E731
             try:
-                results = self.run_fn(reqs, where=where, params=self._params(), on_batch=self._timed)
+                # sampling seeds request i by its index: pass this batch's place in the input
+                results = self.run_fn(reqs, where=where, params=self.params, on_batch=self._timed,
+                                      first_index=self.tally.done)
             except RequestError as e:
                 if not 0 <= e.index < len(reqs):
                     raise
@@ -256,19 +258,6 @@ class _Stream:
                 continue
             self._write(results)
             return
-
-    def _params(self):
-        """--seed for this batch. The loop seeds request i of a call with (seed, i); per batch
-        that would give the first request of every batch the same draws, so each batch gets a
-        seed derived from (seed, requests before it): reproducible for the same input and batch
-        size, and the first batch equals the API's ``generate`` on the whole input."""
-        p = self.params
-        if p is None or p.strategy != "sample" or p.seed is None or self.tally.done == 0:
-            return p
-        import numpy as np
-
-        seed = int(np.random.SeedSequence([p.seed, self.tally.done]).generate_state(1, np.uint64)[0])
-        return dataclasses.replace(p, seed=seed)
 
     def _timed(self, n: int, seconds: float) -> None:
         self.tally.latencies.append(seconds)
@@ -339,7 +328,7 @@ def check_output(output_path: str, input_path: str) -> Path:
 @click.option("--top-k", type=click.IntRange(min=1), default=None, help="Sample among the k most likely items.")
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=None, help="Nucleus sampling mass.")
 @click.option("--seed", type=int, default=None,
-              help="Sampling seed (the same input and --batch-size give the same slates).")
+              help="Sampling seed (the same input gives the same slates, as one generate() call).")
 @click.option("--allow-repeats", is_flag=True, help="Allow history items and repeats in a slate.")
 @click.option("--rank", "rank_mode", is_flag=True, help="Score each request's candidates (M-FALCON).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
@@ -408,13 +397,14 @@ def run_command(bundle, backend, provider, provider_options, device, precision, 
         be = stack.enter_context(get_backend(backend, bundle, **{k_: v for k_, v in options.items()
                                                                  if v is not None}))
         if rank_mode:
-            def run(reqs, params=None, **kw):
+            def run(reqs, params=None, first_index=0, **kw):
                 return decoding.rank(be, reqs, batch_size=batch_size, **kw)
         elif steps is not None:
-            def run(reqs, params=params, **kw):
-                return decoding.generate(be, reqs, steps, params, batch_size=batch_size, **kw)
+            def run(reqs, params=params, first_index=0, **kw):
+                return decoding.generate(be, reqs, steps, params, batch_size=batch_size,
+                                         first_index=first_index, **kw)
         else:
-            def run(reqs, params=None, **kw):
+            def run(reqs, params=None, first_index=0, **kw):
                 return decoding.recommend(be, reqs, k, batch_size=batch_size, **kw)
         run([])  # the loop checks --k, --generate N and --beams against the bundle: before any input
         per_request = params.num_beams if params is not None and params.strategy == "beam" else 1

@@ -186,8 +186,12 @@ def recommend(backend: Backend, requests: Sequence[Request | dict], k: int = 10,
 
 def generate(backend: Backend, requests: Sequence[Request | dict], steps: int,
              params: SearchParams | None = None, *, batch_size: int | None = None,
-             on_batch: OnBatch | None = None, where: Where | None = None) -> list[Result]:
+             on_batch: OnBatch | None = None, where: Where | None = None, first_index: int = 0) -> list[Result]:
     """Slates of ``steps`` raw item ids per request; ``Result.scores`` are per-item log-probs.
+
+    Sampling seeds request i with ``(params.seed, first_index + i)``: a caller that streams a
+    file in batches passes the number of requests before each batch, and gets the slates of
+    one call on the whole file.
 
     Exact for any history length: candidates and log-probs are those of the catalogue with
     the history, deny list and slate so far masked (``exact.resolve`` after every prefill and
@@ -211,7 +215,7 @@ def generate(backend: Backend, requests: Sequence[Request | dict], steps: int,
     for start, chunk in chunks(backend, rows, batch_size, per_request):
         t0 = time.perf_counter()
         run = _beam_chunk if beam else _greedy_chunk
-        slates = run(backend, chunk, start, steps, params, where)
+        slates = run(backend, chunk, start, steps, params, where, first_index)
         raw = backend.item_map.to_raw(np.stack([ids for ids, _ in slates])).tolist()  # one lookup
         for r, items, (_, logps) in zip(chunk, raw, slates):
             total = float(np.sum(logps)) / max(len(logps), 1) ** params.length_penalty
@@ -238,10 +242,10 @@ def _no_items(name: str, index: int, s: int) -> RequestError:
 
 
 def _greedy_chunk(backend: Backend, rows: list[Prepared], start: int, steps: int,
-                  params: SearchParams, where: Where) -> list[tuple[np.ndarray, np.ndarray]]:
+                  params: SearchParams, where: Where, first_index: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """Greedy or sampled slates of one chunk: one cache row per request (a ``Stepper``)."""
     d, n = backend.dims, len(rows)
-    rngs = ([np.random.default_rng(np.random.SeedSequence(params.seed, spawn_key=(start + i,)))
+    rngs = ([np.random.default_rng(np.random.SeedSequence(params.seed, spawn_key=(first_index + start + i,)))
              for i in range(n)] if params.strategy == "sample" else [])
     slates = np.zeros((n, steps), np.int64)
     logps = np.zeros((n, steps))
@@ -270,7 +274,7 @@ def _greedy_chunk(backend: Backend, rows: list[Prepared], start: int, steps: int
 
 
 def _beam_chunk(backend: Backend, rows: list[Prepared], start: int, steps: int,
-                params: SearchParams, where: Where) -> list[tuple[np.ndarray, np.ndarray]]:
+                params: SearchParams, where: Where, first_index: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """Beam search: W hypotheses per request, one cache row each, reordered after every step.
 
     Each hypothesis needs its W best valid continuations (the W best slates of the next

@@ -107,3 +107,17 @@ def test_generate_and_rank_modes_match_the_api(tmp_path, bundles, backends, requ
 def test_usage_errors(bundles, args, message):
     res = CliRunner().invoke(run_command, [str(bundles["sasrec"]), *args], input="")
     assert res.exit_code == 2 and message in res.output
+
+
+def test_sampled_slates_streamed_in_batches_equal_one_api_call(tmp_path, bundles, backends, requests):
+    """Streaming cuts the input into batches; the seeds follow each request's place in the
+    input, so the file's slates are those of one generate() call on all of it."""
+    src, out = tmp_path / "requests.jsonl", tmp_path / "slates.jsonl"
+    reqs = requests[:7]
+    write_jsonl(src, as_json(reqs))
+    proc = genrec_run(bundles["sasrec"], "--input", src, "--output", out, "--generate", 3, "--strategy",
+                      "sample", "--seed", 7, "--batch-size", 2, "--threads", 1)
+    assert proc.returncode == 0, proc.stderr
+    _, ort = backends["sasrec"]
+    want = generate(ort, reqs, 3, SearchParams("sample", seed=7))
+    assert [r["items"] for r in read_jsonl(out)] == [r.items for r in want]
