@@ -326,10 +326,31 @@ class Bundle:
 
     # -- verification ------------------------------------------------------------------------
     def verify(self) -> None:
-        """Files, then graphs against the manifest, then the manifest against model.pt."""
+        """Files, then graphs and target builds against the manifest, then the manifest
+        against model.pt."""
         self.verify_files()
         tables = self.verify_graphs()
+        self.verify_targets()
         self.verify_checkpoint(tables)
+
+    def verify_targets(self) -> None:
+        """Each target build (Ascend OM, ...) agrees with the bundle: built for its gears,
+        for graphs it has, and from the ONNX files it holds now (``info.built_from``: the
+        sha256 of each file the converter read), so an NPU host never runs an OM of other graphs."""
+        m = self.manifest
+        for target, builds in m.targets.items():
+            for tb in builds:
+                where = f"bundle {self.path}: target {target} {tb.soc}/{tb.precision}"
+                if tuple(tb.gears) != tuple(m.dims.batch_gears):
+                    raise BundleError(f"{where}: built for gears {list(tb.gears)}, the bundle has "
+                                      f"{list(m.dims.batch_gears)}")
+                for graph in tb.graphs:
+                    if graph not in m.graphs:
+                        raise BundleError(f"{where}: a build of unknown graph {graph!r}")
+                    built = (tb.info.get("built_from") or {}).get(graph)
+                    if built is not None and built != m.files.get(m.graphs[graph].file):
+                        raise BundleError(f"{where}: {tb.graphs[graph]} was built from another "
+                                          f"{m.graphs[graph].file} (sha256 differs); convert again")
 
     def verify_files(self) -> None:
         """Every listed file present, a regular file, with its sha256; nothing unlisted."""

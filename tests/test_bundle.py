@@ -219,3 +219,25 @@ def test_sha256_file_streams(tmp_path):
     p.write_bytes(data)
     assert sha256_file(p) == hashlib.sha256(data).hexdigest()
 
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"gears": [1, 4]}, r"built for gears \[1, 4\], the bundle has \[1, 4, 8\]"),
+    ({"built_from": {"prefill": "0" * 64}}, r"was built from another prefill\.onnx"),
+    ({"graphs": {"encoder": "om/x/fp32/prefill.om"}}, r"unknown graph 'encoder'"),
+])
+def test_target_builds_that_disagree_with_the_bundle_are_refused(hstu_dir, change, match):
+    """An NPU host trusts the OM files only if they were built from this bundle's graphs."""
+    om = hstu_dir / "om" / "x" / "fp32"
+    om.mkdir(parents=True)
+    (om / "prefill.om").write_bytes(b"om")
+    d = json.loads((hstu_dir / "manifest.json").read_text())
+    build = {"soc": "x", "precision": "fp32", "gears": [1, 4, 8], "graphs": {"prefill": "om/x/fp32/prefill.om"},
+             "built_from": {"prefill": sha256_file(hstu_dir / "prefill.onnx")}}
+    d["targets"] = {"ascend": [build]}
+    write_manifest(hstu_dir, d)
+    load_bundle(hstu_dir)  # consistent: opens
+    build.update(change)
+    write_manifest(hstu_dir, d)
+    with pytest.raises(BundleError, match=match):
+        load_bundle(hstu_dir)
