@@ -49,7 +49,7 @@ from .base import open_bundle
 from .decoding import _chunks, _gear
 
 __all__ = ["BenchSpec", "MEMORY_METHOD", "check_plot_path", "parse_sizes", "plot_report", "report_table",
-           "run_bench", "synthetic_requests"]
+           "run_bench", "synthetic_requests", "variant_info", "variant_summary", "variant_table"]
 
 T0 = 1_600_000_000  # synthetic timestamps start here (unix seconds)
 
@@ -71,13 +71,13 @@ class BenchSpec:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-backend keyword options
 
     def check(self, dims) -> None:
-        from .registry import available_backends
+        from .registry import available_backends, split_backend
 
         if not self.backends:
             raise ConfigError("no backends to benchmark")
         if len(set(self.backends)) != len(self.backends):
             raise ConfigError(f"backends {', '.join(self.backends)}: each may appear once")
-        unknown = [b for b in self.backends if b not in available_backends()]
+        unknown = [b for b in self.backends if split_backend(b)[0] not in available_backends()]
         if unknown:
             raise ConfigError(f"unknown backend {unknown[0]!r}; available: {', '.join(available_backends())}")
         for what, values in (("batch sizes", self.batch_sizes), ("history lengths", self.history_lengths)):
@@ -301,6 +301,29 @@ def _measure(backend, requests: list, batch: int, spec: BenchSpec, timer: Backen
     return row
 
 
+def variant_info(bundle, precision: str | None) -> dict[str, Any]:
+    """What a backend's graphs are: the precision, their bytes on disk (``model_bytes``), and
+    for a ``genrec quantize`` variant the accuracy its gate measured against fp32 on held-out
+    users (NDCG@10 and HR@10 deltas, relative NDCG@10 loss, excluded node groups), read from
+    the manifest: the figures the variant was admitted with, not re-measured here."""
+    m = bundle.manifest
+    prec = precision or m.precision
+    size = 0
+    for g in m.graphs:
+        path = bundle.graph_path(g, prec)
+        size += sum(f.stat().st_size for f in [path, *path.parent.glob(path.name + ".data")] if f.exists())
+    out: dict[str, Any] = {"precision": prec, "model_bytes": size}
+    v = m.variants.get(prec)
+    if v is not None and "deltas" in v.info:
+        d = v.info["deltas"]
+        out["accuracy_vs_fp32"] = {
+            "NDCG@10_delta": d["metrics"]["NDCG@10"]["delta"], "HR@10_delta": d["metrics"]["HR@10"]["delta"],
+            "ndcg_relative_loss": d["ndcg_relative_loss"]["value"],
+            "ndcg_relative_loss_ci95": d["ndcg_relative_loss"]["ci95"], "judging_users": d["users"],
+            "excluded_groups": v.info.get("excluded", {}).get("groups", [])}
+    return out
+
+
 def _ratio(num: float, den: float) -> float | None:
     return num / den if den > 0 else None
 
@@ -315,7 +338,8 @@ def _speedups(results: list[dict[str, Any]], first: str) -> None:
         s = {"prefill_p50": _ratio(b["prefill_ms"]["p50"], r["prefill_ms"]["p50"]),
              "prefill_p99": _ratio(b["prefill_ms"]["p99"], r["prefill_ms"]["p99"]),
              "step_p50": _ratio(b["step_ms"]["p50"], r["step_ms"]["p50"]),
-             "recommend_rps": _ratio(r["recommend"]["requests_per_s"], b["recommend"]["requests_per_s"])}
+             "recommend_rps": _ratio(r["recommend"]["requests_per_s"], b["recommend"]["requests_per_s"]),
+             "recommend_p50": _ratio(b["recommend"]["call_ms"]["p50"], r["recommend"]["call_ms"]["p50"])}
         if "generate" in r and "generate" in b:
             s["generate_rps"] = _ratio(r["generate"]["slates_per_s"], b["generate"]["slates_per_s"])
         r["speedup_vs_first"] = s
@@ -341,13 +365,15 @@ def _environment() -> dict[str, Any]:
 def run_bench(bundle, spec: BenchSpec | None = None,
               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Measure ``spec`` on ``bundle`` (a Bundle or a bundle directory); the report as a dict."""
-    from .registry import get_backend
+    from .registry import get_backend, resolve_variant, split_backend
 
     spec = spec or BenchSpec()
     say = progress or (lambda msg: None)
     bundle = open_bundle(bundle)
     dims = bundle.dims
     spec.check(dims)
+    for name in spec.backends:  # an unknown or ambiguous variant fails before any measuring
+        resolve_variant(bundle, split_backend(name)[1])
     real = None
     if spec.data:
         from genrec.data import ItemMap
@@ -366,16 +392,21 @@ def run_bench(bundle, spec: BenchSpec | None = None,
         for batch in spec.batch_sizes:
             usable = [h for h in real if h[0].size >= length] if real else None
             sets[length, batch] = synthetic_requests(bundle.id_map, batch, length, spec.seed, usable)
-    for name in spec.backends:
+    for name in spec.backends:  # BACKEND[:VARIANT]; rows keep the spec as their "backend"
+        kind, variant = split_backend(name)
+        precision = resolve_variant(bundle, variant)
         options = dict(spec.options.get(name, {}))
+        if precision is not None:
+            options["precision"] = precision
         if spec.threads:
             options.setdefault("threads", spec.threads)
         say(f"loading {name}")
         with _PeakRSS() as mem:
             t0 = time.perf_counter()
-            backend = get_backend(name, bundle, **options)
+            backend = get_backend(kind, bundle, **options)
             load_s = time.perf_counter() - t0
-        info = {"load_s": load_s, "load_rss_mb": mem.mb, "options": options}
+        info = {"load_s": load_s, "load_rss_mb": mem.mb, "options": options,
+                **variant_info(bundle, precision)}
         if getattr(backend, "intra_op_threads", None):
             info["threads"] = backend.intra_op_threads
         elif name == "torch":
@@ -437,6 +468,55 @@ def report_table(report: dict[str, Any]):
         if gen:
             cells.append(_fmt(s.get("generate_rps")))
         t.add_row(*cells)
+    return t
+
+
+def variant_summary(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per backend spec: size, and against the first spec at the largest and smallest
+    batch (longest history) the recommend throughput ratio and the batch latency ratio
+    (first's p50 / this p50: > 1 is faster), plus the gate's accuracy deltas where recorded."""
+    rows = report["results"]
+    if not rows:
+        return []
+    hist = max(r["history"] for r in rows)
+    big, small = max(r["batch"] for r in rows), min(r["batch"] for r in rows)
+    first = report["settings"]["backends"][0]
+    base = report["backends"][first]["model_bytes"] if "model_bytes" in report["backends"][first] else None
+    out = []
+    for name, info in report["backends"].items():
+        mine = {r["batch"]: r for r in rows if r["backend"] == name and r["history"] == hist}
+        acc = info.get("accuracy_vs_fp32", {})
+        out.append({"backend": name, "precision": info.get("precision"), "model_bytes": info.get("model_bytes"),
+                    "size_ratio": _ratio(info.get("model_bytes") or 0, base) if base else None,
+                    f"throughput_ratio_b{big}": mine.get(big, {}).get("speedup_vs_first", {}).get("recommend_rps"),
+                    f"latency_ratio_b{small}": mine.get(small, {}).get("speedup_vs_first", {}).get("recommend_p50"),
+                    "NDCG@10_delta": acc.get("NDCG@10_delta"), "HR@10_delta": acc.get("HR@10_delta"),
+                    "ndcg_relative_loss": acc.get("ndcg_relative_loss"),
+                    "excluded_groups": acc.get("excluded_groups")})
+    return out
+
+
+def variant_table(report: dict[str, Any]):
+    """The variants side by side (``variant_summary``) as a rich Table."""
+    from rich.table import Table
+
+    rows = variant_summary(report)
+    t = Table(title=f"variants vs {report['settings']['backends'][0]}")
+    if not rows:
+        return t
+    keys = [k for k in rows[0] if k != "backend"]
+    t.add_column("backend")
+    for k in keys:
+        t.add_column(k, justify="right")
+    for r in rows:
+        cells = []
+        for k in keys:
+            v = r[k]
+            cells.append("-" if v is None else ", ".join(v) if isinstance(v, list) else
+                         f"{v / 1e6:.2f} MB" if k == "model_bytes" else
+                         f"{v:+.4f}" if k.endswith("delta") else f"{v:+.2%}" if k.endswith("loss") else
+                         _fmt(v) if isinstance(v, float) else str(v))
+        t.add_row(r["backend"], *cells)
     return t
 
 

@@ -10,7 +10,8 @@ import click
 @click.command("bench", short_help="Latency, throughput and memory of backends on a bundle.")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
 @click.option("--backends", default="torch,onnxruntime", show_default=True,
-              help="Comma-separated backends; speedups are relative to the first.")
+              help="Comma-separated BACKEND[:VARIANT] (onnxruntime,onnxruntime:int8-static,...); speedups "
+                   "are relative to the first.")
 @click.option("--batch-sizes", default="1,8,64", show_default=True, help="Comma-separated requests per batch.")
 @click.option("--history-lengths", default="50,200", show_default=True,
               help="Comma-separated history lengths (synthetic histories of exactly that length).")
@@ -42,7 +43,8 @@ def bench_command(bundle, backends, batch_sizes, history_lengths, steps, repeat,
     from genrec.atomic import atomic_file
     from genrec.progress import console
 
-    from .bench import BenchSpec, check_plot_path, parse_sizes, plot_report, report_table, run_bench
+    from .bench import (BenchSpec, check_plot_path, parse_sizes, plot_report, report_table, run_bench,
+                        variant_table)
 
     names = tuple(b.strip() for b in backends.split(",") if b.strip())
     spec = BenchSpec(backends=names, batch_sizes=parse_sizes(batch_sizes, "--batch-sizes"),
@@ -53,6 +55,9 @@ def bench_command(bundle, backends, batch_sizes, history_lengths, steps, repeat,
         check_plot_path(plot_path)
     report = run_bench(bundle, spec, progress=lambda msg: click.echo(f"bench: {msg}", err=True))
     console().print(report_table(report))
+    if len(report["backends"]) > 1 or any(i["precision"] != report["dims"]["precision"]
+                                          for i in report["backends"].values()):
+        console().print(variant_table(report))
     click.echo(f"memory: {report['memory_method']}")
     if json_path:
         with atomic_file(Path(json_path), "w") as fh:

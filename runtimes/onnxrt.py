@@ -193,7 +193,10 @@ class OrtBackend(BackendBase):
         if provider != "cpu":
             ep_opts.setdefault("device_id", device_id)
         providers = [(ep, ep_opts)] + ([] if provider == "cpu" else ["CPUExecutionProvider"])
-        precision = precision or bundle.precisions[0]
+        from .registry import resolve_variant
+
+        # a variant by name (``int8`` too, while the bundle has exactly one int8 variant)
+        precision = resolve_variant(bundle, precision) or bundle.precisions[0]
 
         def session(model):
             return ort.InferenceSession(model, sess_options=opts, providers=providers)

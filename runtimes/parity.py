@@ -63,7 +63,7 @@ class Thresholds:
         if base is None:
             raise ConfigError(f"no parity thresholds for precision {precision!r}; known: {', '.join(DEFAULTS)}")
         overrides = overrides or {}
-        section = overrides.get(precision)
+        section = overrides.get(precision, overrides.get(precision.split("-")[0]))  # "int8" covers both
         flat = section if isinstance(section, dict) else {k: v for k, v in overrides.items() if k not in DEFAULTS}
         known = {f.name for f in fields(cls)}
         bad = sorted(set(flat) - known)
@@ -81,6 +81,9 @@ DEFAULTS = {
                        rank_scores_max_abs=None, cosine_min=0.98, topk_exact_min=None,
                        overlap_min=0.8, slates_equal_min=None, metric_delta_max=0.02),
 }
+# the variants `genrec quantize` writes are judged like their family (int8: weights and
+# activations both quantised or not, the list- and task-level limits are the same)
+DEFAULTS["int8-dynamic"] = DEFAULTS["int8-static"] = DEFAULTS["int8"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,24 +11,31 @@ from rich.table import Table
 from genrec.progress import console as make_console
 
 
-def parse_backend(spec: str) -> tuple[str, str]:
-    """``onnxruntime:fp16`` -> ("onnxruntime", "fp16"); no suffix = fp32."""
-    name, _, precision = spec.partition(":")
-    return name, precision or "fp32"
+def parse_backend(spec: str, bundle=None) -> tuple[str, str]:
+    """``onnxruntime:int8-static`` -> ("onnxruntime", "int8-static"); no suffix = the base
+    precision (fp32). With ``bundle``, the variant is resolved against it (``int8`` -> its one
+    int8 variant; an unknown one is refused, listing those it has)."""
+    from .registry import resolve_variant, split_backend
+
+    name, variant = split_backend(spec)
+    if bundle is not None:
+        return name, resolve_variant(bundle, variant) or bundle.precisions[0]
+    return name, variant or "fp32"
 
 
 def _open(name: str, precision: str, bundle):
     from .registry import get_backend
 
-    options = {"precision": precision} if precision != "fp32" or name == "onnxruntime" else {}
+    options = {"precision": precision} if precision != bundle.precisions[0] or name == "onnxruntime" else {}
     return get_backend(name, bundle, **options)
 
 
 @click.command("parity", short_help="Compare two backends on held-out requests (exit 1 on a breach).")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
-@click.option("--reference", default="torch", show_default=True, help="Reference backend.")
+@click.option("--reference", default="torch", show_default=True, help="Reference BACKEND[:VARIANT].")
 @click.option("--candidate", default="onnxruntime", show_default=True,
-              help="Candidate backend, optionally with a precision: onnxruntime:fp16, onnxruntime:int8.")
+              help="Candidate BACKEND[:VARIANT]: onnxruntime:fp16, onnxruntime:int8-static (int8 while the bundle "
+                   "has one int8 variant).")
 @click.option("--data", required=True, type=click.Path(exists=True), help="Interaction data with held-out items.")
 @click.option("--users", type=click.IntRange(1), default=500, show_default=True)
 @click.option("--generate", "steps", type=click.IntRange(1), default=5, show_default=True, help="Slate length.")
@@ -53,8 +60,8 @@ def parity_command(bundle, reference, candidate, data, users, steps, beams, thre
 
         check_writable(report)  # before minutes of comparison, not after
     b = load_bundle(bundle, expect_digest=expect_digest)
-    ref_name, ref_prec = parse_backend(reference)
-    cand_name, cand_prec = parse_backend(candidate)
+    ref_name, ref_prec = parse_backend(reference, b)
+    cand_name, cand_prec = parse_backend(candidate, b)
     th = load_thresholds(thresholds, cand_prec)
     with _open(ref_name, ref_prec, b) as ref, _open(cand_name, cand_prec, b) as cand:
         # held-out data is read through the reference's own id map, never the candidate's

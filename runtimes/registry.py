@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from genrec.bundle import Bundle, load_bundle
-from genrec.errors import ConfigError, GenrecError, MissingBackend
+from genrec.errors import BundleError, ConfigError, GenrecError, MissingBackend
 
 from .base import Backend
 
@@ -32,6 +32,38 @@ _REGISTRY: dict[str, Callable[..., Backend] | str] = {
     "torch": "genrec.runtimes.pytorch:TorchBackend",
     "onnxruntime": "genrec.runtimes.onnxrt:OrtBackend",
 }
+
+
+def split_backend(spec: str) -> tuple[str, str | None]:
+    """``BACKEND[:VARIANT]`` -> (backend, variant or None): the one grammar that names a backend
+    and a bundle variant everywhere (``genrec-run --backend``, ``genrec parity``, ``genrec bench
+    --backends``, Ray scoring): ``onnxruntime``, ``onnxruntime:int8-static``, ``ascend:fp16``.
+    Whether the variant exists is the bundle's to say (``resolve_variant``)."""
+    name, sep, variant = str(spec).strip().partition(":")
+    name, variant = name.strip(), variant.strip()
+    if not name or (sep and not variant) or ":" in variant:
+        raise ConfigError(f"backend {spec!r}: expected BACKEND[:VARIANT], e.g. onnxruntime or onnxruntime:int8-static")
+    return name, variant or None
+
+
+def resolve_variant(bundle: Bundle, variant: str | None) -> str | None:
+    """The bundle precision ``variant`` names: None (or the base precision) is the base;
+    ``int8`` is an alias only while exactly one int8 variant exists; anything else must be
+    one of the bundle's variants. BundleError listing the available ones otherwise."""
+    precisions = bundle.precisions
+    if variant is None or variant == precisions[0]:
+        return None
+    if variant in precisions:
+        return variant
+    if variant == "int8":
+        int8 = [p for p in precisions if p.startswith("int8")]
+        if len(int8) == 1:
+            return int8[0]
+        if int8:
+            raise BundleError(f"bundle {bundle.path}: 'int8' is ambiguous: it has {' and '.join(int8)}; name one "
+                              f"(onnxruntime:{int8[0]})")
+    raise BundleError(f"bundle {bundle.path}: no {variant!r} variant (available: {', '.join(precisions)}); "
+                      "add one with `genrec quantize`")
 
 
 def register_backend(name: str, factory: Callable[..., Backend] | str) -> None:

@@ -1,0 +1,224 @@
+"""The fp32 / fp16 / int8-dynamic / int8-static table per backbone (issue: calibration).
+
+    nice -n 10 python benchmarks/quantize_table.py --bundle hstu=out/bundle-hstu \\
+        --bundle llama=out/bundle-llama --data path/to/amazon-beauty --out benchmarks/results/quantize
+
+For each bundle (trained with the beauty preset on the full Beauty data and exported):
+
+1. ``genrec quantize`` for each precision (skipped when the bundle has the variant already;
+   a refusal by the gate is a result too and is recorded with the loss it measured);
+2. ``genrec bench`` of onnxruntime and every variant in one process, batch 1 and 64 at the
+   bundle's T (recommend throughput ratio at 64, latency ratio at 1);
+3. an onnxruntime profile of each precision's prefill, step and rank graphs at batch 64 on
+   real inputs recorded from the fp32 graphs: time per op type, and the scoring head's share
+   (the catalogue MatMul, TopK, log_z), to show where int8 time goes.
+
+Resumable: each stage writes its JSON under ``--out/<arch>/`` and is skipped when present.
+``table.md`` is rebuilt from whatever JSON exists. Ratios are measured in one process; the
+machine is shared, so rerun when it is idle for tighter numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+PRECISIONS = ("fp16", "int8-dynamic", "int8-static")
+
+
+def _dump(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def quantize_all(arch: str, bundle: Path, data: str, out: Path, args) -> None:
+    from genrec.bundle import load_bundle
+    from genrec.calibration import quantize_bundle
+    from genrec.errors import GenrecError
+
+    for prec in PRECISIONS:
+        res = out / arch / f"quantize-{prec}.json"
+        if res.exists():
+            continue
+        if prec in load_bundle(bundle, verify=False).manifest.variants:
+            _dump(res, {"precision": prec, "written": True, "info": load_bundle(bundle, verify=False)
+                        .manifest.variants[prec].info})
+            continue
+        t0 = time.time()
+        try:
+            info = quantize_bundle(bundle, prec, data, calib_users=args.calib_users, judge_users=args.judge_users,
+                                   threads=args.threads, say=lambda m: print(f"{arch} {m}", flush=True))
+            _dump(res, {"precision": prec, "written": True, "wall_s": time.time() - t0, "info": info})
+        except GenrecError as e:
+            _dump(res, {"precision": prec, "written": False, "wall_s": time.time() - t0, "refused": str(e)})
+            print(f"{arch} {prec}: {e}", flush=True)
+
+
+def bench(arch: str, bundle: Path, out: Path, args) -> None:
+    from genrec.bundle import load_bundle
+    from genrec.runtimes.bench import BenchSpec, run_bench
+
+    res = out / arch / "bench.json"
+    if res.exists():
+        return
+    b = load_bundle(bundle)
+    specs = ("onnxruntime", *(f"onnxruntime:{p}" for p in PRECISIONS if p in b.manifest.variants))
+    spec = BenchSpec(backends=specs, batch_sizes=(1, 64), history_lengths=(b.dims.max_history,),
+                     repeat=args.repeat, warmup=2, threads=args.threads, data=args.data)
+    _dump(res, run_bench(b, spec, progress=lambda m: print(f"{arch} bench: {m}", flush=True)))
+
+
+def profile(arch: str, bundle: Path, out: Path, args) -> None:
+    """Time per op type of every precision's graphs at batch 64 (onnxruntime's profiler)."""
+    import onnxruntime as ort
+
+    from genrec.bundle import load_bundle
+    from genrec.calibration.data import record_feeds, split_users
+    from genrec.calibration.groups import node_groups
+
+    res = out / arch / "profile.json"
+    if res.exists():
+        return
+    b = load_bundle(bundle)
+    users = split_users(args.data, None, b.id_map, 64, 2, seed=7)
+    feeds = record_feeds(b, users, steps=2, batch_size=64, threads=args.threads)
+    report = {}
+    for prec in b.precisions:
+        report[prec] = {}
+        for g in ("prefill", "step", "rank"):
+            call = max(feeds.graphs[g], key=lambda c: next(iter(c.values())).shape[0])  # batch 64 gear
+            path = b.graph_path(g, prec)
+            import onnx
+
+            groups = node_groups(onnx.load(str(path), load_external_data=False))
+            head = set(groups.groups.get("head", []))
+            with tempfile.TemporaryDirectory() as tmp:
+                opts = ort.SessionOptions()
+                opts.enable_profiling, opts.profile_file_prefix = True, f"{tmp}/p"
+                opts.intra_op_num_threads = args.threads or 2
+                opts.log_severity_level = 3
+                sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+                names = {i.name for i in sess.get_inputs()}
+                feed = {k: v for k, v in call.items() if k in names}
+                for _ in range(2):
+                    sess.run(None, feed)
+                walls = []
+                for _ in range(args.repeat):
+                    t0 = time.perf_counter()
+                    sess.run(None, feed)
+                    walls.append(time.perf_counter() - t0)
+                events = json.loads(Path(sess.end_profiling()).read_text())
+            per_op, head_us, total = defaultdict(float), 0.0, 0.0
+            for e in events:
+                if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+                    continue
+                op, node = e["args"].get("op_name", "?"), e["name"][: -len("_kernel_time")]
+                per_op[op] += e["dur"]
+                total += e["dur"]
+                if node in head or op in ("TopK",):
+                    head_us += e["dur"]
+            n = args.repeat + 2
+            report[prec][g] = {"batch": int(next(iter(call.values())).shape[0]), "wall_ms_p50": float(np.median(walls) * 1e3),
+                               "op_ms": {k: v / n / 1e3 for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])},
+                               "scoring_head_ms": head_us / n / 1e3, "kernel_ms": total / n / 1e3}
+            print(f"{arch} profile {prec} {g}: {report[prec][g]['wall_ms_p50']:.2f} ms", flush=True)
+    _dump(res, report)
+
+
+def table(out: Path) -> str:
+    """The markdown table (one per backbone) from the JSON files."""
+    lines = []
+    for arch_dir in sorted(p for p in out.iterdir() if p.is_dir()):
+        arch = arch_dir.name
+        bench_file = arch_dir / "bench.json"
+        rows = {}
+        if bench_file.exists():
+            from genrec.runtimes.bench import variant_summary
+
+            for r in variant_summary(json.loads(bench_file.read_text())):
+                rows[r["precision"]] = r
+        q = {p: json.loads((arch_dir / f"quantize-{p}.json").read_text())
+             for p in PRECISIONS if (arch_dir / f"quantize-{p}.json").exists()}
+        cols = ["fp32", *PRECISIONS]
+        lines += [f"### {arch}", "", "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+
+        def cell(p, f):
+            r = rows.get(p)
+            if p in q and not q[p]["written"]:
+                return "refused" if f != "excl" else q[p]["refused"][:120]
+            return f(r, q.get(p)) if r is not None or p in q else "-"
+
+        def num(x, fmt):
+            return "-" if x is None else format(x, fmt)
+
+        spec = [
+            ("size (MB)", lambda r, _: num(r and r["model_bytes"] / 1e6, ".2f")),
+            ("batch-64 throughput ratio", lambda r, _: num(r and r.get("throughput_ratio_b64"), ".2f")),
+            ("batch-1 latency ratio (fp32 p50 / p50)", lambda r, _: num(r and r.get("latency_ratio_b1"), ".2f")),
+            ("NDCG@10 delta", lambda r, i: "0" if i is None else
+             num(i["info"]["deltas"]["metrics"]["NDCG@10"]["delta"], "+.4f")),
+            ("relative NDCG@10 loss [95% CI]", lambda r, i: "0" if i is None else
+             "{:+.2%} [{:+.2%}, {:+.2%}]".format(i["info"]["deltas"]["ndcg_relative_loss"]["value"],
+                                                 *i["info"]["deltas"]["ndcg_relative_loss"]["ci95"])),
+            ("HR@10 delta", lambda r, i: "0" if i is None else
+             num(i["info"]["deltas"]["metrics"]["HR@10"]["delta"], "+.4f")),
+            ("excluded node groups", lambda r, i: "-" if i is None else ", ".join(i["info"]["excluded"]["groups"])),
+        ]
+        for label, f in spec:
+            lines.append(f"| {label} | " + " | ".join(cell(p, f) for p in cols) + " |")
+        any_q = next((v for v in q.values() if v.get("written")), None)
+        if any_q:
+            d = any_q["info"]
+            lines.append(f"\nCalibration users {d['calibration']['users']}, judging users {d['judging']['users']} "
+                         f"(disjoint); fp32 NDCG@10 {d['deltas']['metrics']['NDCG@10']['fp32']:.4f}.")
+        prof = arch_dir / "profile.json"
+        if prof.exists():
+            p = json.loads(prof.read_text())
+            lines.append("\nPer-graph time at batch 64 (ms, onnxruntime profile; top ops; scoring head = "
+                         "catalogue MatMul + TopK + log_z):\n")
+            lines.append("| precision | graph | wall p50 | scoring head | top ops |")
+            lines.append("|---|---|---|---|---|")
+            for prec, graphs in p.items():
+                for g, r in graphs.items():
+                    top = ", ".join(f"{k} {v:.2f}" for k, v in list(r["op_ms"].items())[:5])
+                    lines.append(f"| {prec} | {g} | {r['wall_ms_p50']:.2f} | {r['scoring_head_ms']:.2f} | {top} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", action="append", required=True, help="ARCH=PATH (repeatable)")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", default="benchmarks/results/quantize")
+    ap.add_argument("--calib-users", type=int, default=512)
+    ap.add_argument("--judge-users", type=int, default=3000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--stages", default="quantize,bench,profile")
+    args = ap.parse_args()
+    out = Path(args.out)
+    stages = args.stages.split(",")
+    for item in args.bundle:
+        arch, _, path = item.partition("=")
+        if "quantize" in stages:
+            quantize_all(arch, Path(path), args.data, out, args)
+        if "bench" in stages:
+            bench(arch, Path(path), out, args)
+        if "profile" in stages:
+            profile(arch, Path(path), out, args)
+        (out / "table.md").write_text(table(out))
+    print(table(out))
+
+
+if __name__ == "__main__":
+    main()
