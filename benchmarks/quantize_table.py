@@ -11,7 +11,9 @@ For each bundle (trained with the beauty preset on the full Beauty data and expo
    bundle's T (recommend throughput ratio at 64, latency ratio at 1);
 3. an onnxruntime profile of each precision's prefill, step and rank graphs at batch 64 on
    real inputs recorded from the fp32 graphs: time per op type, and the scoring head's share
-   (the catalogue MatMul, TopK, log_z), to show where int8 time goes.
+   (the catalogue MatMul, TopK, log_z), to show where int8 time goes;
+4. the same int8 recipes with the scoring head quantised too, in a scratch copy, gate opened:
+   what keeping the head fp32 costs in throughput and what quantising it costs in NDCG@10.
 
 Resumable: each stage writes its JSON under ``--out/<arch>/`` and is skipped when present.
 ``table.md`` is rebuilt from whatever JSON exists. Ratios are measured in one process; the
@@ -83,8 +85,6 @@ def profile(arch: str, bundle: Path, out: Path, args) -> None:
 
     from genrec.bundle import load_bundle
     from genrec.calibration.data import record_feeds, split_users
-    from genrec.calibration.groups import node_groups
-
     res = out / arch / "profile.json"
     if res.exists():
         return
@@ -97,16 +97,15 @@ def profile(arch: str, bundle: Path, out: Path, args) -> None:
         for g in ("prefill", "step", "rank"):
             call = max(feeds.graphs[g], key=lambda c: next(iter(c.values())).shape[0])  # batch 64 gear
             path = b.graph_path(g, prec)
-            import onnx
-
-            groups = node_groups(onnx.load(str(path), load_external_data=False))
-            head = set(groups.groups.get("head", []))
             with tempfile.TemporaryDirectory() as tmp:
                 opts = ort.SessionOptions()
                 opts.enable_profiling, opts.profile_file_prefix = True, f"{tmp}/p"
+                # the graph as onnxruntime runs it (fused, renamed), so profile names match
+                opts.optimized_model_filepath = f"{tmp}/optimized.onnx"
                 opts.intra_op_num_threads = args.threads or 2
                 opts.log_severity_level = 3
                 sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+                head = scoring_nodes(f"{tmp}/optimized.onnx", b.dims.num_items + 1)
                 names = {i.name for i in sess.get_inputs()}
                 feed = {k: v for k, v in call.items() if k in names}
                 for _ in range(2):
@@ -124,13 +123,62 @@ def profile(arch: str, bundle: Path, out: Path, args) -> None:
                 op, node = e["args"].get("op_name", "?"), e["name"][: -len("_kernel_time")]
                 per_op[op] += e["dur"]
                 total += e["dur"]
-                if node in head or op in ("TopK",):
+                if node in head:
                     head_us += e["dur"]
             n = args.repeat + 2
             report[prec][g] = {"batch": int(next(iter(call.values())).shape[0]), "wall_ms_p50": float(np.median(walls) * 1e3),
                                "op_ms": {k: v / n / 1e3 for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])},
                                "scoring_head_ms": head_us / n / 1e3, "kernel_ms": total / n / 1e3}
             print(f"{arch} profile {prec} {g}: {report[prec][g]['wall_ms_p50']:.2f} ms", flush=True)
+    _dump(res, report)
+
+
+def scoring_nodes(path: str, rows: int) -> set[str]:
+    """Names of the catalogue-scoring nodes of an (optimised) graph: the MatMul reading an
+    item-table-sized initializer (N + 1 rows or columns; lookups aside) and everything
+    downstream of it (the exclusion mask, TopK, log_z)."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    tables = {t.name for t in model.graph.initializer if len(t.dims) == 2 and rows in t.dims}
+    start = [n for n in model.graph.node if "Gather" not in n.op_type and any(i in tables for i in n.input)]
+    out, todo = {n.name for n in start}, [o for n in start for o in n.output]
+    while todo:
+        t = todo.pop()
+        for n in model.graph.node:
+            if t in n.input and n.name not in out:
+                out.add(n.name)
+                todo.extend(n.output)
+    return out
+
+
+def head_experiment(arch: str, bundle: Path, out: Path, args) -> None:
+    """int8 with the scoring head quantised too (not a shippable default: see the recipes'
+    docstring), in a scratch copy: what fp32 scoring costs in throughput, and in NDCG@10."""
+    import shutil
+
+    from genrec.calibration import quantize_bundle
+    from genrec.runtimes.bench import BenchSpec, run_bench
+
+    res = out / arch / "head-int8.json"
+    if res.exists():
+        return
+    scratch = Path(args.scratch) / f"{arch}-head"
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    shutil.copytree(bundle, scratch)
+    report = {"note": "scoring head quantised too (--quantize-head), gate opened (max loss 0.99) to measure"}
+    for prec in ("int8-dynamic", "int8-static"):
+        info = quantize_bundle(scratch, prec, args.data, calib_users=args.calib_users, judge_users=args.judge_users,
+                               threads=args.threads, force=True, quantize_head=True, max_ndcg_loss=0.99,
+                               say=lambda m: print(f"{arch} head {m}", flush=True))
+        report[prec] = {"deltas": info["deltas"], "excluded": info["excluded"]["groups"]}
+    spec = BenchSpec(backends=("onnxruntime", "onnxruntime:int8-dynamic", "onnxruntime:int8-static"),
+                     batch_sizes=(1, 64), history_lengths=(50,), repeat=args.repeat, warmup=2, threads=args.threads,
+                     data=args.data)
+    from genrec.runtimes.bench import variant_summary
+
+    report["bench"] = variant_summary(run_bench(scratch, spec))
     _dump(res, report)
 
 
@@ -180,6 +228,17 @@ def table(out: Path) -> str:
             d = any_q["info"]
             lines.append(f"\nCalibration users {d['calibration']['users']}, judging users {d['judging']['users']} "
                          f"(disjoint); fp32 NDCG@10 {d['deltas']['metrics']['NDCG@10']['fp32']:.4f}.")
+        head = arch_dir / "head-int8.json"
+        if head.exists():
+            h = json.loads(head.read_text())
+            lines.append("\nWith the scoring head quantised too (`--quantize-head`, not the default):\n")
+            lines.append("| variant | batch-64 throughput ratio | batch-1 latency ratio | relative NDCG@10 loss [95% CI] |")
+            lines.append("|---|---|---|---|")
+            for r in h["bench"][1:]:
+                d = h[r["precision"]]["deltas"]["ndcg_relative_loss"]
+                lines.append(f"| {r['precision']} + int8 head | {num(r.get('throughput_ratio_b64'), '.2f')} | "
+                             f"{num(r.get('latency_ratio_b1'), '.2f')} | {d['value']:+.2%} "
+                             f"[{d['ci95'][0]:+.2%}, {d['ci95'][1]:+.2%}] |")
         prof = arch_dir / "profile.json"
         if prof.exists():
             p = json.loads(prof.read_text())
@@ -204,7 +263,8 @@ def main() -> None:
     ap.add_argument("--judge-users", type=int, default=3000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=10)
-    ap.add_argument("--stages", default="quantize,bench,profile")
+    ap.add_argument("--stages", default="quantize,bench,profile,head")
+    ap.add_argument("--scratch", default="/tmp/genrec-quantize-table", help="where the head experiment copies bundles")
     args = ap.parse_args()
     out = Path(args.out)
     stages = args.stages.split(",")
@@ -216,6 +276,8 @@ def main() -> None:
             bench(arch, Path(path), out, args)
         if "profile" in stages:
             profile(arch, Path(path), out, args)
+        if "head" in stages:
+            head_experiment(arch, Path(path), out, args)
         (out / "table.md").write_text(table(out))
     print(table(out))
 

@@ -27,8 +27,10 @@ import click
 @click.option("--threads", type=click.IntRange(1), default=None, help="onnxruntime threads.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing variant of this precision.")
+@click.option("--quantize-head", is_flag=True,
+              help="Also quantise the scoring head (catalogue MatMul, log_z); fp32 by default, see the docs.")
 def quantize_command(bundle, precision, calib_data, calib_users, judge_users, holdout, method, per_channel,
-                     max_ndcg_loss, target, threads, seed, force):
+                     max_ndcg_loss, target, threads, seed, force, quantize_head):
     """Quantise BUNDLE's graphs to PRECISION, calibrated on real histories from --calib-data,
     and add the variant only if its relative NDCG@10 loss against fp32 on disjoint held-out
     users is at most --max-ndcg-loss (keeping the fewest node groups in fp32 that get there).
@@ -47,7 +49,8 @@ def quantize_command(bundle, precision, calib_data, calib_users, judge_users, ho
 
     info = quantize_bundle(bundle, precision, calib_data, calib_users=calib_users, judge_users=judge_users,
                            holdout=holdout, method=method, per_channel=per_channel, max_ndcg_loss=max_ndcg_loss,
-                           seed=seed, threads=threads, force=force, say=lambda m: click.echo(m, err=True))
+                           seed=seed, threads=threads, force=force, quantize_head=quantize_head,
+                           say=lambda m: click.echo(m, err=True))
     d = info["deltas"]
     loss = d["ndcg_relative_loss"]
     lines = [f"{precision}: relative NDCG@10 loss {loss['value']:+.2%} (95% CI {loss['ci95'][0]:+.2%} .. "

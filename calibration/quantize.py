@@ -64,8 +64,12 @@ def quantize_bundle(path: str | os.PathLike[str], precision: str, calib_data: st
                     calib_users: int = 256, judge_users: int = 500, holdout: str | os.PathLike[str] | None = None,
                     method: str = "minmax", per_channel: bool = False, max_ndcg_loss: float = 0.01,
                     seed: int = 0, threads: int | None = None, steps: int = 3, force: bool = False,
-                    say: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Add variant ``precision`` to the bundle at ``path``; returns what the manifest records."""
+                    quantize_head: bool = False, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Add variant ``precision`` to the bundle at ``path``; returns what the manifest records.
+
+    ``quantize_head`` lets the scoring head (catalogue MatMul, log_z) be quantised too, as
+    one more searchable group: for measuring what fp32 scoring costs (``recipes`` says why it
+    is fp32 by default)."""
     from genrec.atomic import atomic_directory
     from genrec.bundle import Bundle, load_bundle, write_manifest
     from genrec.exporter.convert import stage_bundle
@@ -106,7 +110,8 @@ def quantize_bundle(path: str | os.PathLike[str], precision: str, calib_data: st
                 src = pre
             sources[g] = src
             groups[g] = node_groups(onnx.load(str(src), load_external_data=False))
-        names = sorted({n for ng in groups.values() for n in ng.groups} - set(ALWAYS_FP32))
+        always = () if quantize_head else ALWAYS_FP32
+        names = sorted({n for ng in groups.values() for n in ng.groups} - set(always))
         variant = _variant_entry(m, precision)
         staged = Bundle(tmp, m.replace(variants={**m.variants, precision: variant}))
         results: dict[tuple[str, ...], dict[str, Any]] = {}
@@ -119,7 +124,7 @@ def quantize_bundle(path: str | os.PathLike[str], precision: str, calib_data: st
 
                     ins = {i.name for i in onnx.load(str(src), load_external_data=False).graph.input}
                     reader = FeedReader(feeds.graphs[g], ins)
-                convert_graph(precision, src, vdir / f"{g}.onnx", groups[g].nodes(set(excluded) | set(ALWAYS_FP32)),
+                convert_graph(precision, src, vdir / f"{g}.onnx", groups[g].nodes(set(excluded) | set(always)),
                               reader=reader, cache=work / f"{g}.ranges.json", method=method, per_channel=per_channel)
                 _same_io(m.graphs[g], vdir / f"{g}.onnx")
 
@@ -154,9 +159,9 @@ def quantize_bundle(path: str | os.PathLike[str], precision: str, calib_data: st
         info = {
             "recipe": recipe(precision, method, per_channel),
             **users.info(),
-            "excluded": {"groups": [*ALWAYS_FP32, *found.excluded], "default_groups": list(ALWAYS_FP32),
+            "excluded": {"groups": [*always, *found.excluded], "default_groups": list(always),
                          "searched_groups": list(found.excluded),
-                         "nodes": {g: sorted(ng.nodes(set(found.excluded) | set(ALWAYS_FP32)))
+                         "nodes": {g: sorted(ng.nodes(set(found.excluded) | set(always)))
                                    for g, ng in groups.items()},
                          "per_layer_groups": all(ng.per_layer for ng in groups.values())},
             "gate": {"max_ndcg_loss": max_ndcg_loss, "list_k": list_k, "seed": seed,
