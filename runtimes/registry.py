@@ -31,6 +31,7 @@ ENTRY_POINT_GROUP = "genrec.backends"
 _REGISTRY: dict[str, Callable[..., Backend] | str] = {
     "torch": "genrec.runtimes.pytorch:TorchBackend",
     "onnxruntime": "genrec.runtimes.onnxrt:OrtBackend",
+    "ascend": "genrec.runtimes.ascend:AscendBackend",  # imports acl (pyACL) only when created
 }
 
 
