@@ -310,6 +310,13 @@ def check_output(output_path: str, input_path: str) -> Path:
               help="onnxruntime provider option, passed through (repeatable).")
 @click.option("--device", default=None, help="torch device: cpu, cuda or npu. [default: cpu]")
 @click.option("--precision", default=None, help="onnxruntime graph variant: fp32, fp16, int8. [default: the bundle's]")
+@click.option("--backend-option", "backend_options", multiple=True, metavar="KEY=VALUE",
+              help="A keyword option of the backend, checked by it (repeatable): device_id=1, soc=Ascend910B4, "
+                   "precision=fp16, inplace_cache=true (ascend); provider=cuda, threads=4 (onnxruntime). "
+                   "--provider/--device/--precision/--threads are aliases.")
+@click.option("--stats", "show_stats", is_flag=True,
+              help="Print bytes moved per call between host and device (H2D, D2H, D2D) for backends that can "
+                   "tell (ascend).")
 @click.option("--threads", type=click.IntRange(min=1, max=1024), default=None,
               help="CPU threads (onnxruntime intra-op, torch).")
 @click.option("--input", "input_path", default="-", show_default=True, metavar="PATH",
@@ -339,7 +346,7 @@ def check_output(output_path: str, input_path: str) -> Path:
               help="Refuse any bundle whose digest (printed by `genrec inspect`) is not this one.")
 def run_command(bundle, backend, provider, provider_options, device, precision, threads, input_path,
                 output_path, k, steps, strategy, beams, temperature, top_k, top_p, seed, allow_repeats,
-                rank_mode, batch_size, skip_invalid, expect_digest):
+                rank_mode, batch_size, skip_invalid, expect_digest, backend_options=(), show_stats=False):
     """Run JSONL requests through BUNDLE (a bundle directory; for --backend torch also a
     checkpoint file) and write one JSON line per request: user_id, items, scores.
 
@@ -391,6 +398,7 @@ def run_command(bundle, backend, provider, provider_options, device, precision, 
     fh, name, close = open_requests(input_path)
     options = {"provider": provider, "device": device, "precision": precision, "threads": threads,
                "provider_options": _parse_kv(provider_options) or None}
+    options = _with_backend_options(backend, options, backend_options)
     with contextlib.ExitStack() as stack:
         if close:
             stack.enter_context(fh)
@@ -425,6 +433,42 @@ def run_command(bundle, backend, provider, provider_options, device, precision, 
                     else "nothing was written")
             raise DataError(f"{t.first_error}{more}; {done} (--skip-invalid runs the valid lines)")
     click.echo(_summary(t.done, t.skipped, t.latencies), err=True)
+    if show_stats:
+        _print_stats(be)
+
+
+def _with_backend_options(backend: str, aliases: dict[str, Any], pairs: tuple[str, ...]) -> dict[str, Any]:
+    """The old per-backend flags (aliases, when given) plus ``--backend-option KEY=VALUE``,
+    parsed and checked against the backend's own options (``registry.parse_backend_options``)."""
+    from .registry import parse_backend_options
+
+    raw: dict[str, str] = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--backend-option")
+        raw[key.strip()] = value.strip()
+    given = {k_: v for k_, v in aliases.items() if v is not None}
+    both = sorted(set(given) & set(raw))
+    if both:
+        raise click.UsageError(f"{', '.join(both)} given both as a flag and as --backend-option; give it once")
+    return {**given, **parse_backend_options(backend, raw)} if raw else given
+
+
+def _print_stats(backend) -> None:
+    """``--stats``: bytes per call of each kind and direction, one line per kind, step first."""
+    stats = getattr(backend, "stats", None)
+    if not callable(stats):
+        click.echo(f"stats: the {backend.name} backend does not report host/device traffic", err=True)
+        return
+    s = stats()
+    for kind in ("step", "prefill", "rank", "reorder"):
+        if kind not in s:
+            continue
+        per, n = s[kind]["bytes_per_call"], s[kind]["calls"]
+        ms = f", execute {s[kind]['execute_ms_per_call']:.2f} ms" if "execute_ms_per_call" in s[kind] else ""
+        click.echo(f"stats {kind}: {n} call(s), bytes per call H2D {per['h2d']:.0f}, D2H {per['d2h']:.0f}, "
+                   f"D2D {per['d2d']:.0f}{ms}", err=True)
 
 
 class _progress:

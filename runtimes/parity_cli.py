@@ -15,11 +15,11 @@ def parse_backend(spec: str, bundle=None) -> tuple[str, str]:
     """``onnxruntime:int8-static`` -> ("onnxruntime", "int8-static"); no suffix = the base
     precision (fp32). With ``bundle``, the variant is resolved against it (``int8`` -> its one
     int8 variant; an unknown one is refused, listing those it has)."""
-    from .registry import resolve_variant, split_backend
+    from .registry import resolve_backend_variant, split_backend
 
     name, variant = split_backend(spec)
-    if bundle is not None:
-        return name, resolve_variant(bundle, variant) or bundle.precisions[0]
+    if bundle is not None:  # ascend:fp16 names an OM build precision, not an ONNX variant
+        return name, resolve_backend_variant(name, bundle, variant)
     return name, variant or "fp32"
 
 

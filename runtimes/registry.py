@@ -67,6 +67,16 @@ def resolve_variant(bundle: Bundle, variant: str | None) -> str | None:
                       "add one with `genrec quantize`")
 
 
+def resolve_backend_variant(name: str, bundle: Bundle, variant: str | None) -> str:
+    """The precision ``name:variant`` opens on ``bundle``. A backend whose variants are its own
+    (a ``resolve_variant(bundle, variant)`` on its factory: ascend's are its OM build
+    precisions, fp32/fp16/mixed) says; any other resolves against the bundle's ONNX variants."""
+    own = getattr(_resolve(name), "resolve_variant", None)
+    if callable(own):
+        return own(bundle, variant)
+    return resolve_variant(bundle, variant) or bundle.precisions[0]
+
+
 def register_backend(name: str, factory: Callable[..., Backend] | str) -> None:
     """Make ``get_backend(name, ...)`` call ``factory(bundle, **options)``; replaces a previous one."""
     _REGISTRY[name] = factory
@@ -99,6 +109,49 @@ def _resolve(name: str) -> Callable[..., Backend]:
                                  "install the package that provides it") from None
         factory = _REGISTRY[name] = obj
     return factory
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def parse_backend_options(name: str, pairs: dict[str, str]) -> dict[str, Any]:
+    """``--backend-option KEY=VALUE`` strings -> keyword arguments of backend ``name``'s factory,
+    each value parsed as its annotation says (bool, int, float, str; ``none`` for an optional
+    one). A key the factory does not take, or a value that does not parse, is a ConfigError
+    naming the backend's options: each backend validates its own keys, the CLI knows none."""
+    factory = _resolve(name)
+    try:
+        params = inspect.signature(factory, eval_str=True).parameters
+    except (NameError, TypeError, ValueError):  # annotations that do not evaluate: strings as given
+        params = inspect.signature(factory).parameters
+    takes = {p.name: p for p in list(params.values())[1:] if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    out: dict[str, Any] = {}
+    for key, text in pairs.items():
+        p = takes.get(key)
+        if p is None:
+            raise ConfigError(f"backend {name!r} takes no option {key!r}; its options: {', '.join(takes) or 'none'}")
+        out[key] = _coerce(name, key, text, p.annotation)
+    return out
+
+
+def _coerce(name: str, key: str, text: str, annotation: Any) -> Any:
+    kinds = set(getattr(annotation, "__args__", None) or (annotation,))
+    if type(None) in kinds and text.lower() in ("none", ""):
+        return None
+    low = text.strip().lower()
+    if bool in kinds:
+        if low in _TRUE | _FALSE:
+            return low in _TRUE
+        raise ConfigError(f"backend {name!r} option {key}={text!r}: expected true or false")
+    for kind in (int, float):
+        if kind in kinds:
+            try:
+                return kind(text)
+            except ValueError:
+                raise ConfigError(f"backend {name!r} option {key}={text!r}: expected {kind.__name__}") from None
+    if str in kinds or annotation is inspect.Parameter.empty:
+        return text
+    raise ConfigError(f"backend {name!r} option {key} cannot be given as KEY=VALUE (it takes {annotation})")
 
 
 def get_backend(name: str, bundle: Bundle | str | os.PathLike[str], **options: Any) -> Backend:
