@@ -5,7 +5,12 @@ Shape of Meta's ML-1M config (MODELS.md §1.8): T = 200, d = 50, 2 layers, 1 hea
 sequences/s x 200. One step = forward, sampled-softmax loss, backward and AdamW update, exactly
 as ``genrec.training.train`` runs it. Prints one JSON object.
 
+``--mode`` measures the cost of Meta's per-position negatives (``per_position``: the negative
+logits gathered from full scores, ``per_position_gather``: dot products with gathered vectors)
+against one shared draw per batch (``shared``, the default protocol).
+
     python benchmarks/train_throughput.py --threads 1 --steps 20 --batch-size 128
+    python benchmarks/train_throughput.py --threads 1 --steps 10 --mode per_position
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import numpy as np
 import torch
 
 from genrec.models import make_config
-from genrec.training import TrainConfig, init_model, sampled_softmax_loss
+from genrec.training import TrainConfig, draw_negatives, init_model, sampled_softmax_loss
 
 NUM_ITEMS = 3706
 SEQ_LEN = 200
@@ -44,6 +49,8 @@ def main() -> None:
     ap.add_argument("--preset", default="ml-1m")
     ap.add_argument("--negatives", type=int, default=128, help="sampled negatives (Meta's ML-1M: 128)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mode", default="shared", choices=["shared", "per_position", "per_position_gather"],
+                    help="negatives: one draw shared by the batch, or one per position (Meta)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -58,10 +65,12 @@ def main() -> None:
 
     def step(i: int) -> float:
         ids, lengths, ts, req, tgt = batches[i % len(batches)]
-        negatives = torch.from_numpy(rng.integers(1, NUM_ITEMS + 1, cfg.num_negatives))
+        positions = None if args.mode == "shared" else int((tgt != 0).sum())
+        negatives = draw_negatives(rng, NUM_ITEMS, cfg.num_negatives, positions)
         h, _ = model.encode(ids, lengths, ts if model.needs_timestamps else None,
                             req if model.needs_timestamps else None)
-        loss = sampled_softmax_loss(model, h, tgt, negatives)
+        loss = sampled_softmax_loss(model, h, tgt, negatives,
+                                    via_scores=None if args.mode == "shared" else args.mode == "per_position")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -79,7 +88,7 @@ def main() -> None:
     print(json.dumps({
         "arch": args.arch, "preset": args.preset, "params": model.num_params(),
         "seq_len": SEQ_LEN, "num_items": NUM_ITEMS, "batch_size": args.batch_size,
-        "num_negatives": cfg.num_negatives, "threads": torch.get_num_threads(),
+        "num_negatives": cfg.num_negatives, "mode": args.mode, "threads": torch.get_num_threads(),
         "warmup_steps": args.warmup, "steps": args.steps,
         "step_ms_median": round(1000 * float(np.median(times)), 1),
         "sequences_per_s": round(seqs / total, 1), "tokens_per_s": round(seqs * SEQ_LEN / total, 0),

@@ -1,12 +1,27 @@
-"""Sampled-softmax training (MODELS.md §1.5) with validation and early stopping.
+"""Sampled-softmax training (MODELS.md §1.5) with validation and early stopping, or Meta's protocol.
 
 Every position predicts the next item; the loss is a softmax over the positive and R
 negatives drawn uniformly from the catalogue, at temperature τ on cosine scores (or dot
-products when ``l2_norm`` is off). Deviation from Meta, for CPU speed: the R negatives are
-drawn once per batch and shared by all positions in it (still uniform, with replacement),
-so the negative logits are one (B·T, d) x (d, R) matmul. AdamW; validation NDCG@10 every
-epoch; the best epoch's weights are kept; a fixed seed gives the same checkpoint twice
-(build the model with ``init_model(config, seed)`` so the initial weights are seeded too).
+products when ``l2_norm`` is off). A negative equal to the positive gets logit -5e4: it is
+masked, not redrawn, exactly as Meta does. AdamW; a fixed seed gives the same checkpoint
+twice (build the model with ``init_model(config, seed)`` so the initial weights are seeded too).
+
+Two protocols (``protocol=``), each of whose parts can be set on its own for an ablation:
+
+===================  ==============================  ======================================
+part                 ``default`` (fast on CPU)        ``meta`` (MODELS.md §1.5-1.6)
+===================  ==============================  ======================================
+``negatives``        ``shared``: R per batch, shared  ``per_position``: R per position,
+                     by all positions (one matmul)    independent (Meta's LocalNegativesSampler)
+``holdout``          ``valid``: train on items[:-2]   ``last``: train on items[:-1]
+``selection``        ``best_valid``: keep the best    ``last``: the final epoch of a fixed
+                     validation-NDCG@10 epoch,        budget (epochs / max_minutes), since the
+                     stop after ``patience``          validation item is a training target
+``epochs``           40 (an upper bound)              101 (Meta's ML-1M budget)
+===================  ==============================  ======================================
+
+Neither protocol ever looks at the test item while training: selection is on the validation
+item or on nothing at all.
 
 For CPU speed, rows are grouped by length within windows of ``sort_window`` shuffled
 batches and each batch is padded only to its longest row (``batch_order``); on Beauty
@@ -31,15 +46,27 @@ from .evaluation import evaluate, history_inputs
 from .models import GenerativeRecommender, ModelConfig, build_model
 
 
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "default": dict(negatives="shared", holdout="valid", selection="best_valid", epochs=40),
+    "meta": dict(negatives="per_position", holdout="last", selection="last", epochs=101),
+}
+CHOICES = {"protocol": tuple(PROTOCOLS), "negatives": ("shared", "per_position"),
+           "holdout": ("valid", "last"), "selection": ("best_valid", "last")}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 40  # upper bound; early stopping usually ends sooner
+    protocol: str = "default"  # "default" or "meta": fills in the four settings below left unset
+    negatives: str = ""  # "shared" | "per_position" ("" = the protocol's)
+    holdout: str = ""  # "valid" | "last": items held out of training ("" = the protocol's)
+    selection: str = ""  # "best_valid" | "last": which epoch's weights are kept ("" = protocol's)
+    epochs: int = 0  # 0 = the protocol's (40 as an upper bound with early stopping, or 101)
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.98)
     num_negatives: int = 512  # Meta: 128 for ML-1M/20M, 512 for Books; 512 is better on Beauty
-    patience: int = 5  # epochs without a better validation NDCG@10 before stopping
+    patience: int = 5  # epochs without a better validation NDCG@10 before stopping (best_valid)
     seed: int = 42
     max_minutes: float = 0.0  # wall-clock budget; 0 = none
     eval_users: int = 0  # validate on this many users (0 = all)
@@ -47,7 +74,8 @@ class TrainConfig:
     sort_window: int = 16  # batches per length-sorted window (1 = plain shuffle)
 
     def __post_init__(self) -> None:
-        """Reject wrong types and impossible values as ConfigError (one line from the CLI)."""
+        """Reject wrong types and impossible values as ConfigError (one line from the CLI), and
+        resolve the protocol's parts, so that ``to_dict`` records what actually ran."""
         def number(name: str, integer: bool, low: float, low_ok: bool = True) -> None:
             v = getattr(self, name)
             kinds = (int,) if integer else (int, float)
@@ -56,9 +84,9 @@ class TrainConfig:
             if v < low or (v == low and not low_ok):
                 raise ConfigError(f"train setting {name}={v!r}: must be {'>=' if low_ok else '>'} {low}")
 
-        for name in ("epochs", "batch_size", "num_negatives", "patience", "sort_window"):
+        for name in ("batch_size", "num_negatives", "patience", "sort_window"):
             number(name, True, 1)
-        for name in ("seed", "eval_users", "threads"):
+        for name in ("epochs", "seed", "eval_users", "threads"):
             number(name, True, 0)
         number("lr", False, 0, low_ok=False)
         for name in ("weight_decay", "max_minutes"):
@@ -68,6 +96,16 @@ class TrainConfig:
                 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
             raise ConfigError(f"train setting betas={betas!r}: expected two numbers in [0, 1)")
         object.__setattr__(self, "betas", tuple(float(b) for b in betas))
+        for name, allowed in CHOICES.items():
+            v = getattr(self, name)
+            if not (v in allowed or (v == "" and name != "protocol")):
+                raise ConfigError(f"train setting {name}={v!r}: choose one of {', '.join(allowed)}")
+        for name, v in PROTOCOLS[self.protocol].items():
+            if not getattr(self, name):
+                object.__setattr__(self, name, v)
+        if self.selection == "best_valid" and self.holdout == "last":
+            raise ConfigError("train setting selection=best_valid needs holdout=valid: with holdout=last "
+                              "the validation item is a training target, so use selection=last")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -80,9 +118,10 @@ def init_model(config: ModelConfig, seed: int) -> GenerativeRecommender:
     return build_model(config)
 
 
-def training_rows(split: Split, max_len: int):
-    """(inputs, targets, input times, target-of-last time) per user, most recent max_len+1 kept."""
-    seqs, times = split.train_sequences(), split.train_times()
+def training_rows(split: Split, max_len: int, holdout: str = "valid"):
+    """(inputs, targets, input times, target-of-last time) per user, most recent max_len+1 kept.
+    ``holdout`` says how many items each user keeps out of training (``Split.train_sequences``)."""
+    seqs, times = split.train_sequences(holdout), split.train_times(holdout)
     rows = []
     for i, seq in enumerate(seqs):
         if len(seq) < 2:
@@ -121,41 +160,81 @@ def _batch(rows, model: GenerativeRecommender):
     return ids, lengths, ts, req, torch.from_numpy(tgt)
 
 
+def draw_negatives(rng: np.random.Generator, num_items: int, num_negatives: int,
+                   positions: int | None = None) -> torch.Tensor:
+    """Uniform item ids in 1..num_items, with replacement: ``(R,)`` shared by a batch, or
+    ``(positions, R)``, independent for every position (Meta's ``LocalNegativesSampler``).
+    The positive is not excluded here; the loss masks it, as Meta does."""
+    shape = num_negatives if positions is None else (positions, num_negatives)
+    return torch.from_numpy(rng.integers(1, num_items + 1, shape))
+
+
 def sampled_softmax_loss(model: GenerativeRecommender, h: torch.Tensor, targets: torch.Tensor,
-                         negatives: torch.Tensor) -> torch.Tensor:
+                         negatives: torch.Tensor, via_scores: bool | None = None) -> torch.Tensor:
     """Mean over valid positions of -log softmax([pos, negs] / τ)[0]; negatives equal to the
-    positive get logit -5e4 (Meta's convention)."""
+    positive get logit -5e4 (Meta's convention).
+
+    ``negatives`` is ``(R,)`` (shared by every position: one ``(P, d) x (d, R)`` matmul) or
+    ``(P, R)`` with one row per valid position in row-major order (per position). Per
+    position, the negative logits are either gathered from the full score matrix
+    ``(P, d) x (d, N+1)`` (``via_scores``; a cache-friendly BLAS call, cheaper when the
+    catalogue is small against R·d) or dot products with gathered item vectors ``(P, R, d)``;
+    both give the same numbers. ``None`` picks the one that moves fewer floats.
+    """
     valid = targets != 0
     u = model.output_vector(h[valid])  # (P, d)
     table = model.item_vectors()
-    pos = (u * table[targets[valid]]).sum(-1, keepdim=True)  # (P, 1)
-    neg = u @ table[negatives].t()  # (P, R)
-    neg = neg.masked_fill(negatives[None, :] == targets[valid][:, None], -5e4 * model.config.temperature)
+    tgt = targets[valid]
+    pos = (u * table[tgt]).sum(-1, keepdim=True)  # (P, 1)
+    if negatives.dim() == 1:
+        neg = u @ table[negatives].t()  # (P, R)
+        same = negatives[None, :] == tgt[:, None]
+    else:
+        if negatives.shape[0] != len(tgt):
+            raise ValueError(f"{negatives.shape[0]} rows of negatives for {len(tgt)} valid positions")
+        if via_scores is None:
+            via_scores = table.shape[0] <= negatives.shape[1] * table.shape[1]
+        if via_scores:
+            neg = (u @ table.t()).gather(1, negatives)
+        else:
+            neg = torch.bmm(table[negatives], u[:, :, None]).squeeze(-1)
+        same = negatives == tgt[:, None]
+    neg = neg.masked_fill(same, -5e4 * model.config.temperature)
     logits = torch.cat([pos, neg], dim=1) / model.config.temperature
     return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long))
 
 
 def train(model: GenerativeRecommender, split: Split, cfg: TrainConfig,
           progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Train in place; returns a history dict (per-epoch loss, validation metrics, best epoch, wall time).
+    """Train in place; returns a history dict (per-epoch loss, validation metrics, the epoch
+    whose weights are kept, wall time).
+
+    ``selection="best_valid"`` keeps the best validation-NDCG@10 epoch and stops after
+    ``patience`` epochs without progress; ``selection="last"`` trains the whole budget
+    (``epochs`` or ``max_minutes``) and keeps the final epoch. With ``holdout="last"`` there is
+    no validation item (it is trained on), so no validation metric is computed at all.
 
     ``progress`` is called after every batch with {epoch, step, steps, loss, seq_per_s} and
-    after every epoch with {epoch, valid: metrics}; the CLI draws its progress bar from it.
+    after every epoch with {epoch, valid: metrics or None}; the CLI draws its progress bar from it.
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    rows = training_rows(split, model.config.max_len)
+    rows = training_rows(split, model.config.max_len, cfg.holdout)
     if not rows:
-        raise DataError("no user has 4 or more interactions, so there is nothing to train on "
-                        "(leave-one-out holds out the last two items of every user)")
-    valid_split = split.sample(cfg.eval_users, seed=cfg.seed) if cfg.eval_users else split
-    valid_examples = valid_split.examples("valid")
+        raise DataError("no user has enough interactions to train on (leave-one-out holds out "
+                        f"the last {2 if cfg.holdout == 'valid' else 1} item(s) of every user)")
+    validate = cfg.holdout == "valid"
+    if validate:
+        valid_split = split.sample(cfg.eval_users, seed=cfg.seed) if cfg.eval_users else split
+        valid_examples = valid_split.examples("valid")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     n_items = model.config.num_items
+    per_position = cfg.negatives == "per_position"
     best, best_state, best_epoch, stale = -1.0, None, 0, 0
-    history: dict[str, Any] = {"epochs": [], "train_rows": len(rows)}
+    history: dict[str, Any] = {"epochs": [], "train_rows": len(rows), "protocol": {
+        k: getattr(cfg, k) for k in ("protocol", "negatives", "holdout", "selection", "epochs")}}
     start = time.perf_counter()
     row_lengths = np.array([len(r[0]) for r in rows])
     for epoch in range(1, cfg.epochs + 1):
@@ -165,7 +244,8 @@ def train(model: GenerativeRecommender, split: Split, cfg: TrainConfig,
         for step, idx in enumerate(batches):
             chunk = [rows[i] for i in idx]
             ids, lengths, ts, req, tgt = _batch(chunk, model)
-            negatives = torch.from_numpy(rng.integers(1, n_items + 1, cfg.num_negatives))
+            positions = int((tgt != 0).sum()) if per_position else None
+            negatives = draw_negatives(rng, n_items, cfg.num_negatives, positions)
             h, _ = model.encode(ids, lengths, ts, req)
             loss = sampled_softmax_loss(model, h, tgt, negatives)
             opt.zero_grad(set_to_none=True)
@@ -178,12 +258,16 @@ def train(model: GenerativeRecommender, split: Split, cfg: TrainConfig,
             if progress:
                 progress({"epoch": epoch, "step": step + 1, "steps": len(batches), "loss": total / seen,
                           "seq_per_s": seen / max(time.perf_counter() - t0, 1e-9)})
-        metrics = evaluate(model, valid_examples, ks=(10,))
+        train_s = time.perf_counter() - t0
+        metrics = evaluate(model, valid_examples, ks=(10,)) if validate else None
         history["epochs"].append({"epoch": epoch, "loss": total / seen, "valid": metrics,
-                                  "seq_per_s": seen / (time.perf_counter() - t0)})
+                                  "seq_per_s": seen / train_s, "train_s": train_s})
         if progress:
             progress({"epoch": epoch, "valid": metrics})
-        if metrics["NDCG@10"] > best:
+        if cfg.selection == "last":
+            best_epoch = epoch
+            best = metrics["NDCG@10"] if metrics else None
+        elif metrics["NDCG@10"] > best:
             best, best_epoch, stale = metrics["NDCG@10"], epoch, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
@@ -194,5 +278,6 @@ def train(model: GenerativeRecommender, split: Split, cfg: TrainConfig,
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    history.update(best_epoch=best_epoch, best_valid_ndcg10=best, wall_s=time.perf_counter() - start)
+    history.update(best_epoch=best_epoch, best_valid_ndcg10=best, epochs_run=len(history["epochs"]),
+                   wall_s=time.perf_counter() - start)
     return history

@@ -66,7 +66,13 @@ def _split_settings(settings: dict, train_fields: set[str]) -> tuple[dict, dict]
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_command(data, fmt, sep, arch, preset, config_file, sets, output, quiet):
-    """Sampled-softmax training with validation NDCG@10 and early stopping; writes model.pt."""
+    """Sampled-softmax training with validation NDCG@10 and early stopping; writes model.pt.
+
+    \b
+    --set protocol=meta trains as Meta does (MODELS.md §1.5-1.6): per-position negatives,
+    train on all but the last item, a fixed budget of 101 epochs, the final epoch kept.
+    Each part can be set alone: negatives=shared|per_position, holdout=valid|last,
+    selection=best_valid|last, epochs=N. The test item is never used for selection."""
     import dataclasses
 
     from ..atomic import check_writable
@@ -98,7 +104,11 @@ def train_command(data, fmt, sep, arch, preset, config_file, sets, output, quiet
     click.echo(f"{arch}: {model.num_params():,} parameters, {len(split):,} users, "
                f"{split.num_items:,} items", err=True)
     with TrainProgress(enabled=not quiet) as bar:
-        history = train(model, split, tcfg, progress=bar.update)
+        def progress(event: dict) -> None:
+            if event.get("valid", True) is not None:  # holdout=last: no validation line to draw
+                bar.update(event)
+
+        history = train(model, split, tcfg, progress=progress)
     from ..evaluation import evaluate
 
     test = evaluate(model, split.examples("test"))
@@ -107,9 +117,12 @@ def train_command(data, fmt, sep, arch, preset, config_file, sets, output, quiet
         "metrics": {"valid_ndcg10": history["best_valid_ndcg10"], "test": test},
         "best_epoch": history["best_epoch"], "wall_s": round(history["wall_s"], 1),
     })
-    click.echo(f"wrote {output}: best epoch {history['best_epoch']}, valid NDCG@10 "
-               f"{history['best_valid_ndcg10']:.4f}, test NDCG@10 {test['NDCG@10']:.4f}, "
-               f"HR@10 {test['HR@10']:.4f} ({history['wall_s']:.0f} s)")
+    valid = history["best_valid_ndcg10"]
+    kept = (f"best epoch {history['best_epoch']}" if tcfg.selection == "best_valid"
+            else f"final epoch {history['best_epoch']}")
+    click.echo(f"wrote {output}: {kept}, valid NDCG@10 "
+               f"{'n/a (trained on)' if valid is None else f'{valid:.4f}'}, test NDCG@10 "
+               f"{test['NDCG@10']:.4f}, HR@10 {test['HR@10']:.4f} ({history['wall_s']:.0f} s)")
 
 
 @click.command("evaluate", short_help="Full-catalogue HR@K / NDCG@K / MRR of a checkpoint.")

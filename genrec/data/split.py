@@ -16,6 +16,14 @@ from genrec.data.sequences import SequenceData
 from genrec.errors import DataError
 
 WHICH = ("valid", "test")
+HOLDOUTS = ("valid", "last")
+
+
+def _holdout_cut(holdout: str) -> int:
+    """Items held out of training per user: 2 (validation + test) or 1 (test only, Meta)."""
+    if holdout not in HOLDOUTS:
+        raise ValueError(f"holdout must be one of {HOLDOUTS}, got {holdout!r}")
+    return 2 if holdout == "valid" else 1
 
 
 @dataclass
@@ -53,15 +61,19 @@ class Split:
     def __len__(self) -> int:
         return len(self.data)
 
-    def train_sequences(self) -> list[np.ndarray]:
-        """Per user ``items[:n-2]`` (validation and test targets held out)."""
-        return [seq[:-2] for seq in self.data.items]
+    def train_sequences(self, holdout: str = "valid") -> list[np.ndarray]:
+        """Per user ``items[:n-2]`` (``holdout="valid"``: validation and test targets held out)
+        or ``items[:n-1]`` (``holdout="last"``: Meta's convention, MODELS.md §1.6, where only
+        the test item is held out and there is no validation item to select a model on)."""
+        cut = _holdout_cut(holdout)
+        return [seq[:-cut] for seq in self.data.items]
 
-    def train_times(self) -> list[np.ndarray] | None:
+    def train_times(self, holdout: str = "valid") -> list[np.ndarray] | None:
         """Times aligned with :meth:`train_sequences`, or None without timestamps."""
         if self.data.times is None:
             return None
-        return [ts[:-2] for ts in self.data.times]
+        cut = _holdout_cut(holdout)
+        return [ts[:-cut] for ts in self.data.times]
 
     def examples(self, which: str = "test") -> Examples:
         """``"valid"``: history ``items[:n-2]``, target ``items[n-2]``;
