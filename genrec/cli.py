@@ -81,6 +81,7 @@ LAZY_COMMANDS = {
     "convert": "genrec.exporter.cli:convert_command",
     "doctor": "genrec.doctor:doctor_command",
     "quantize": "genrec.calibration.cli:quantize_command",
+    "study": "genrec.commands.study:study_group",
 }
 
 
