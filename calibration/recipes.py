@@ -88,6 +88,11 @@ def preprocess(src: Path, dst: Path) -> None:
         raise MissingQuantTools(f"onnxruntime.quantization is not importable ({e}); pip install onnxruntime") from None
     quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
     _tidy(dst)
+    import onnx
+
+    model = onnx.load(str(dst))
+    if read_outputs_through_identity(model):
+        onnx.save(model, str(dst))
 
 
 def _tidy(path: Path) -> None:
@@ -145,10 +150,11 @@ def _fp16(src: Path, dst: Path, exclude: list[str]) -> None:
     model = onnx.load(os.fspath(src))
     del model.graph.value_info[:]  # stale float32 types would contradict the converted graph
     ops = set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_OPS)
-    block = set(exclude) | set(cache_writes(model.graph))
+    writes = cache_writes(model.graph)
+    block = set(exclude) | set(writes)
     inits = {t.name for t in model.graph.initializer}
     const = _const_tensors(model.graph)
-    _split_consumed_outputs(model, block)
+    block.update(read_outputs_through_identity(model))
     for n in model.graph.node:
         # constant subgraphs (the item table's normalisation, masks): onnxruntime folds them at
         # load, so fp16 gains nothing, and they read the fp32 table the head shares
@@ -165,31 +171,78 @@ def _fp16(src: Path, dst: Path, exclude: list[str]) -> None:
     out = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=sorted(ops),
                                            node_block_list=sorted(block))
     _restore_outputs(out, want)
+    _cache_writes_read_inputs(out, set(writes))
     onnx.save(out, os.fspath(dst))
 
 
-def _split_consumed_outputs(model: Any, block: set[str]) -> None:
-    """A graph output that other nodes also read (a step's ``present_*``, read by attention)
-    is renamed inside the graph and copied to the output by a blocked Identity: the converter
-    (1.16) does not cast such a tensor for its fp16 readers."""
+def _cache_writes_read_inputs(model: Any, writes: set[str]) -> None:
+    """Let each cache write read its ``past_*`` input directly again.
+
+    ``keep_io_types`` casts every float input to fp16 and the blocked (fp32) ScatterElements
+    casts it back: the same values, but ``past_*`` is then read by a Cast, and the onnxruntime
+    backend could no longer write the cache in place. The Cast pair is bypassed and dropped
+    once nothing reads it."""
+    import onnx
+
+    inputs = {i.name for i in model.graph.input}
+    outputs = {o.name for o in model.graph.output}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for n in list(model.graph.node):
+        if n.name in writes:
+            t = n.input[0]
+            while t not in inputs and t in producer and producer[t].op_type == "Cast":
+                t = producer[t].input[0]
+            if t in inputs:
+                n.input[0] = t
+            users = [c for c in model.graph.node if n.output[0] in c.input]
+            if (len(users) == 1 and users[0].op_type == "Cast" and users[0].output[0] in outputs
+                    and all(a.i == onnx.TensorProto.FLOAT for a in users[0].attribute if a.name == "to")):
+                n.output[0] = users[0].output[0]  # the write makes present_* itself, not a Cast of it
+                model.graph.node.remove(users[0])
+    for n in model.graph.node:  # Shape of a cast input: the input's own shape
+        if n.op_type == "Shape" and n.input[0] in producer and producer[n.input[0]].op_type == "Cast" \
+                and producer[n.input[0]].input[0] in inputs:
+            n.input[0] = producer[n.input[0]].input[0]
+    while True:  # drop Casts nobody reads any more
+        read = {i for n in model.graph.node for i in n.input} | outputs
+        dead = [n for n in model.graph.node if n.op_type == "Cast" and not any(o in read for o in n.output)]
+        if not dead:
+            return
+        for n in dead:
+            model.graph.node.remove(n)
+
+
+def read_outputs_through_identity(model: Any) -> list[str]:
+    """Graph outputs that nodes also read (a step's ``present_*``, read by attention) are read
+    through an Identity instead; returns the Identity names.
+
+    The output stays produced by the cache-writing ScatterElements, which is what lets the
+    onnxruntime backend bind ``past_*`` and ``present_*`` to one buffer (``genrec.onnx_graph.
+    writable_in_place``); the quantizer then puts its QuantizeLinear on the Identity's output,
+    not on the graph output, and onnxconverter-common (1.16), which casts no graph output for
+    its fp16 readers, casts the Identity's. onnxruntime removes the Identity at load."""
     from onnx import helper
 
     outs = {o.name for o in model.graph.output}
-    readers = {i for n in model.graph.node for i in n.input}
-    extra = []
+    readers: dict[str, list] = {}
     for n in model.graph.node:
-        for k, o in enumerate(n.output):
-            if o in outs and o in readers:
-                inner = f"{o}__fp32"
-                n.output[k] = inner
-                for c in model.graph.node:
-                    for j, i in enumerate(c.input):
-                        if i == o:
-                            c.input[j] = inner
-                ident = helper.make_node("Identity", [inner], [o], name=f"{o}__output")
-                extra.append(ident)
-                block.add(ident.name)
-    model.graph.node.extend(extra)
+        for j, i in enumerate(n.input):
+            if i in outs:
+                readers.setdefault(i, []).append((n, j))
+    added = []
+    for o, uses in readers.items():
+        read = f"{o}__read"
+        for n, j in uses:
+            n.input[j] = read
+        added.append(helper.make_node("Identity", [o], [read], name=f"{o}__read"))
+    if added:
+        nodes = list(model.graph.node)
+        producer = {out: k for k, n in enumerate(nodes) for out in n.output}
+        for ident in sorted(added, key=lambda x: -producer.get(x.input[0], -1)):
+            nodes.insert(producer.get(ident.input[0], -1) + 1, ident)  # keep topological order
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return [a.name for a in added]
 
 
 def _restore_outputs(model: Any, want: dict[str, int]) -> None:

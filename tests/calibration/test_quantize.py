@@ -66,9 +66,12 @@ def test_variants_serve_through_the_onnxruntime_backend(quantized, requests_slic
     path, _ = quantized
     with get_backend("onnxruntime", path, threads=1) as ref:
         want = recommend(ref, requests_slice, k=10)
+        in_place = ref.inplace_cache
+    assert in_place
     for prec in ("fp16", "int8-dynamic", "int8-static"):
         with get_backend("onnxruntime", path, precision=prec, threads=1) as be:
             assert be.precision == prec
+            assert be.inplace_cache == in_place  # variants keep the one-buffer cache writes
             got = recommend(be, requests_slice, k=10)
         overlap = np.mean([len(set(a.items) & set(b.items)) / 10 for a, b in zip(want, got)])
         assert overlap >= 0.7, (prec, overlap)
