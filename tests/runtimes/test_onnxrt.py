@@ -154,8 +154,8 @@ def test_shared_threads_give_the_same_results_in_their_own_process(bundles, requ
     import subprocess
     import sys
 
-    reqs = [{"user_id": r.user_id, "items": list(map(int, r.items)), "timestamps": list(map(int, r.timestamps))}
-            for r in requests[:6]]
+    reqs = [{"user_id": r.user_id, "items": list(map(int, r.items)), "timestamps": list(map(int, r.timestamps)),
+             "request_time": int(r.request_time)} for r in requests[:6]]
     proc = subprocess.run([sys.executable, "-c", SHARED, str(bundles["hstu"]), json.dumps(reqs)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
