@@ -252,12 +252,46 @@ _WHAT = {"onnxruntime": "export and serve on CPU (onnxruntime)",
               help="Exit 0 only if this target can work here: onnxruntime, atc (convert; no NPU needed), "
                    "ascend (serve on an NPU). Default: report everything, exit as for onnxruntime.")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON instead of a table.")
-def doctor_command(target, as_json):
-    """Check the host: CANN toolkit and atc, pyACL, NPU devices, torch_npu, onnxruntime providers."""
+@click.option("--selftest", "selftest_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Hardware acceptance: export the demo model (or --bundle), convert it for this NPU, serve it "
+                   "through the ascend backend, run parity against torch, and write DIR/selftest.json with "
+                   "per-graph latency and host/device traffic (attach it to a bug report).")
+@click.option("--bundle", "st_bundle", type=click.Path(exists=True, file_okay=False), default=None,
+              help="--selftest: convert and test this bundle instead of the demo model.")
+@click.option("--checkpoint", "st_checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="--selftest: export this checkpoint instead of the demo model's seeded weights.")
+@click.option("--soc-version", "st_soc", default=None, help="--selftest: ATC --soc_version [default: the NPU's].")
+@click.option("--data", "st_data", default="data/beauty-slice", show_default=True,
+              help="--selftest: interaction data for the demo model and the parity requests.")
+@click.option("--device-id", "st_device", type=click.IntRange(min=0), default=0, show_default=True,
+              help="--selftest: the NPU to run on.")
+@click.option("--users", "st_users", type=click.IntRange(min=1), default=64, show_default=True,
+              help="--selftest: held-out users for serving and parity.")
+def doctor_command(target, as_json, selftest_dir, st_bundle, st_checkpoint, st_soc, st_data, st_device, st_users):
+    """Check the host: CANN toolkit and atc, pyACL, NPU devices, torch_npu, onnxruntime providers.
+    With --selftest DIR: the hardware acceptance run (exit 0 when parity passes on the NPU)."""
     from rich.table import Table
 
     from genrec.progress import console as make_console
 
+    if selftest_dir is None and any(v is not None for v in (st_bundle, st_checkpoint, st_soc)):
+        raise click.UsageError("--bundle, --checkpoint and --soc-version apply to --selftest DIR")
+    if selftest_dir is not None:
+        from genrec.errors import GenrecError
+
+        if not Path(st_data).exists():
+            raise GenrecError(f"--data {st_data}: no such interaction data (the shipped slice is data/beauty-slice "
+                              "in the source tree)")
+        rc, report = run_selftest(Path(selftest_dir), st_soc, st_bundle, st_checkpoint, st_data, "hstu", st_users,
+                                  st_device)
+        where = Path(selftest_dir) / "selftest.json"
+        if report.get("passed"):
+            lat = ", ".join(f"{g} {ms:.2f} ms" for g, ms in report.get("latency_ms_per_call", {}).items())
+            click.echo(f"selftest passed on {report.get('soc')}: parity vs torch within the fp32 thresholds; "
+                       f"execute per call: {lat}; report: {where}")
+            return
+        why = report.get("error") or "; ".join(report.get("parity", {}).get("breaches", [])[:3])
+        raise GenrecError(f"selftest failed: {why}; report: {where}")
     checks = run_checks(target)
     ready = verdicts(checks)
     if as_json:
@@ -280,3 +314,124 @@ def doctor_command(target, as_json):
                       "--emit-script convert.sh`, then `--import` the OM files")
     want = target or "onnxruntime"
     raise SystemExit(0 if ready.get(want) else 1)
+
+
+# --------------------------------------------------------------------------------------------
+# --selftest: the hardware acceptance run (convert, serve on the NPU, parity vs torch, report)
+
+SELFTEST_TIMEOUT = 3 * 3600
+
+
+def _demo_checkpoint(out: Path, arch: str, data: Path) -> Path:
+    """The demo's small model (``--preset small``) over the shipped slice, seeded weights: the
+    selftest checks the device against torch, not the model's quality, so it needs no training."""
+    import torch
+
+    from genrec.checkpoint import save_checkpoint
+    from genrec.data import read_sequences
+    from genrec.models import build_model, make_config
+
+    seqs = read_sequences(data)
+    torch.manual_seed(0)
+    model = build_model(make_config(arch, seqs.num_items, "small")).eval()
+    return save_checkpoint(out / "model.pt", model, seqs.item_map.to_list(), {"dataset": str(data)})
+
+
+def selftest(out: Path, soc: str | None, bundle: Path | None, checkpoint: Path | None, data: Path, arch: str,
+             users: int, device_id: int, say=print) -> dict:
+    """Export (unless given a bundle), convert for ``soc`` (the NPU's own by default), serve
+    every mode through the ascend backend, run parity against torch, and return the report.
+    Runs in the process that calls it: ``doctor --selftest`` calls it in a child process."""
+    import dataclasses
+    import platform as _platform
+    import time
+
+    from genrec.exporter.atc import cann_version
+    from genrec.exporter.convert import convert_bundle
+    from genrec.runtimes.ascend import AscendBackend
+    from genrec.runtimes.decoding import SearchParams, generate, rank, recommend
+    from genrec.runtimes.parity import Thresholds, requests_from_data, run_parity
+    from genrec.runtimes.registry import get_backend
+
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"host": f"{_platform.system()} {_platform.machine()}", "python": _platform.python_version(),
+                    "cann": cann_version(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if soc is None:
+        import acl
+
+        acl.init()
+        soc = acl.get_soc_name()
+    report["soc"] = soc
+    if bundle is None:
+        from genrec.exporter import export_bundle
+
+        checkpoint = checkpoint or _demo_checkpoint(out, arch, data)
+        say(f"exporting {checkpoint} ...")
+        bundle = out / "bundle"
+        export_bundle(checkpoint, bundle, data=data, force=True, target="ascend")
+    say(f"converting {bundle} for {soc} (fp32, must_keep_origin_dtype) ...")
+    t0 = time.perf_counter()
+    b = convert_bundle(bundle, soc, "fp32", force=True, log_dir=out / "atc-logs")
+    report["convert_seconds"] = round(time.perf_counter() - t0, 1)
+    build = next(tb for tb in b.manifest.targets["ascend"] if (tb.soc, tb.precision) == (soc, "fp32"))
+    report["cann"] = build.tool_version or report["cann"]
+    report["build"] = {"soc": build.soc, "precision": build.precision, "gears": list(build.gears),
+                       "graphs": build.graphs, "tool_version": build.tool_version,
+                       "om_producer": build.info.get("om_producer")}
+    with AscendBackend(b, device_id=device_id) as be, get_backend("torch", b) as ref:
+        reqs = requests_from_data(data, ref.item_map.to_list(), users, ref.dims.max_history, 0)
+        say(f"serving {len(reqs.requests)} requests on {soc} device {device_id} ...")
+        timings = {}
+        for mode, fn in {"recommend": lambda: recommend(be, reqs.requests, 10),
+                         "generate greedy": lambda: generate(be, reqs.requests, 5, SearchParams("greedy")),
+                         "generate beam": lambda: generate(be, reqs.requests, 5, SearchParams("beam", num_beams=4)),
+                         "rank": lambda: rank(be, [dataclasses.replace(r, candidates=r.items[:8])
+                                                   for r in reqs.requests])}.items():
+            t0 = time.perf_counter()
+            fn()
+            timings[mode] = round(time.perf_counter() - t0, 4)
+        report["serve_seconds"] = timings
+        st = be.stats()
+        report["traffic"] = st
+        report["latency_ms_per_call"] = {g: round(v["execute_ms_per_call"], 3) for g, v in st.items()
+                                         if isinstance(v, dict) and "execute_ms_per_call" in v}
+        say("parity against torch (fp32 thresholds) ...")
+        p = run_parity(ref, be, reqs, steps=5, beams=1, thresholds=Thresholds.for_precision("fp32"))
+    report["parity"] = {"passed": p["passed"], "breaches": p["breaches"], "list": p.get("list"),
+                        "tensor_max_abs": {c: {n: s["max_abs"] for n, s in per.items()}
+                                           for c, per in p.get("tensor", {}).items()}}
+    report["passed"] = bool(p["passed"])
+    return report
+
+
+def _selftest_child(args_json: str) -> None:
+    """Entry point of the child process (``python -c``): runs ``selftest``, writes the report."""
+    a = json.loads(args_json)
+    out = Path(a["out"])
+    try:
+        report = selftest(out, a["soc"], a["bundle"] and Path(a["bundle"]), a["checkpoint"] and Path(a["checkpoint"]),
+                          Path(a["data"]), a["arch"], a["users"], a["device_id"],
+                          say=lambda line: print(line, file=sys.stderr, flush=True))
+    except Exception as e:  # noqa: BLE001 - the report says what failed, for the bug report
+        report = {"passed": False, "error": f"{type(e).__name__}: {e}"}
+    (out / "selftest.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    sys.exit(0 if report.get("passed") else 1)
+
+
+def run_selftest(out: Path, soc: str | None, bundle: str | None, checkpoint: str | None, data: str, arch: str,
+                 users: int, device_id: int) -> tuple[int, dict]:
+    """``selftest`` in a child process (a broken CANN cannot take this one down); (exit, report)."""
+    args = {"out": str(out), "soc": soc, "bundle": bundle and str(Path(bundle).resolve()),
+            "checkpoint": checkpoint and str(Path(checkpoint).resolve()), "data": str(Path(data).resolve()),
+            "arch": arch, "users": users, "device_id": device_id}
+    out.mkdir(parents=True, exist_ok=True)
+    code = f"from genrec.doctor import _selftest_child; _selftest_child({json.dumps(json.dumps(args))})"
+    try:
+        p = subprocess.run([sys.executable, "-c", code], timeout=SELFTEST_TIMEOUT)
+        rc = p.returncode
+    except subprocess.TimeoutExpired:
+        return 124, {"passed": False, "error": f"timed out after {SELFTEST_TIMEOUT} s"}
+    try:
+        return rc, json.loads((out / "selftest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return rc or 1, {"passed": False, "error": f"the selftest process exited {rc} without a report"}

@@ -493,3 +493,28 @@ assert res == [107002]                                          # the context is
 """
     p = subprocess.run([sys.executable, "-c", code], env=acl_env(), capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# the hardware acceptance command, run here through both doubles
+
+
+def test_doctor_selftest_converts_serves_gates_and_reports(bundles, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(bundles["sasrec"], bundle)
+    out = tmp_path / "selftest"
+    p = subprocess.run([sys.executable, "-m", "genrec", "doctor", "--selftest", str(out), "--bundle", str(bundle),
+                        "--data", str(SLICE), "--users", "8"], capture_output=True, text=True, env=acl_env(),
+                       timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "selftest passed on Ascend310P3" in p.stdout
+    r = json.loads((out / "selftest.json").read_text())
+    assert r["passed"] and r["parity"]["passed"] and r["build"]["om_producer"] == "double"
+    assert set(r["latency_ms_per_call"]) == {"prefill", "step", "rank"} and r["cann"] == "0.0.0.double"
+    assert r["traffic"]["per_step"]["d2d"] == 0
+    # a bundle that cannot convert: one error line, the report says why
+    p = subprocess.run([sys.executable, "-m", "genrec", "doctor", "--selftest", str(out), "--bundle", str(bundle),
+                        "--data", str(SLICE), "--soc-version", "Ascend999"], capture_output=True, text=True,
+                       env=acl_env(), timeout=600)
+    assert p.returncode == 1 and p.stderr.strip().splitlines()[-1].startswith("error: selftest failed: ")
+    assert "E10001" in p.stderr and "Traceback" not in p.stderr
