@@ -51,14 +51,14 @@ def quantize_all(arch: str, bundle: Path, data: str, out: Path, args) -> None:
         res = out / arch / f"quantize-{prec}.json"
         if res.exists():
             continue
-        if prec in load_bundle(bundle, verify=False).manifest.variants:
+        if prec in load_bundle(bundle, verify=False).manifest.variants and not args.force:
             _dump(res, {"precision": prec, "written": True, "info": load_bundle(bundle, verify=False)
                         .manifest.variants[prec].info})
             continue
         t0 = time.time()
         try:
             info = quantize_bundle(bundle, prec, data, calib_users=args.calib_users, judge_users=args.judge_users,
-                                   threads=args.threads, say=lambda m: print(f"{arch} {m}", flush=True))
+                                   threads=args.threads, force=args.force, say=lambda m: print(f"{arch} {m}", flush=True))
             _dump(res, {"precision": prec, "written": True, "wall_s": time.time() - t0, "info": info})
         except GenrecError as e:
             _dump(res, {"precision": prec, "written": False, "wall_s": time.time() - t0, "refused": str(e)})
@@ -252,6 +252,22 @@ def interleaved(arch: str, bundle: Path, out: Path, args, name: str = "interleav
     _dump(res, report)
 
 
+def merged(files: list[Path]) -> dict | None:
+    """The interleaved runs (one file each, taken at different times) as one: per batch,
+    precision and figure, the median over runs; ``<figure>_runs`` keeps each run's value."""
+    runs = [json.loads(f.read_text())["rounds"] for f in files]
+    if not runs:
+        return None
+    out: dict = {}
+    for batch, per in runs[0].items():
+        out[batch] = {}
+        for p in per:
+            vals = {k: [r[batch][p][k] for r in runs if p in r.get(batch, {})] for k in per[p]}
+            out[batch][p] = {k: float(np.median(v)) for k, v in vals.items()}
+            out[batch][p].update({f"{k}_runs": v for k, v in vals.items()})
+    return out
+
+
 def median_rows(files: list[Path]) -> dict[str, dict]:
     """``variant_summary`` per precision, its ratios the median over the bench rounds."""
     from genrec.runtimes.bench import variant_summary
@@ -277,14 +293,15 @@ def table(out: Path) -> str:
     for arch_dir in sorted(p for p in out.iterdir() if p.is_dir()):
         arch = arch_dir.name
         rows = median_rows(sorted(arch_dir.glob("bench-*.json")))
-        inter = arch_dir / "interleaved.json"
-        if inter.exists():  # alternating measurements replace genrec bench's sequential passes
-            it = json.loads(inter.read_text())["rounds"]
+        it = merged(sorted(arch_dir.glob("interleaved*.json")))
+        if it:  # alternating measurements replace genrec bench's sequential passes
             for p, r in rows.items():
                 r["throughput_ratio_b64"] = it["batch64"][p]["recommend_s"]
                 r["latency_ratio_b1"] = it["batch1"][p]["recommend_s"]
                 r["step_ratio_b64"] = it["batch64"][p]["step_s"]
-                r.pop("throughput_ratio_b64_rounds", None), r.pop("latency_ratio_b1_rounds", None)
+                r["throughput_ratio_b64_rounds"] = it["batch64"][p]["recommend_s_runs"]
+                r["latency_ratio_b1_rounds"] = it["batch1"][p]["recommend_s_runs"]
+                r["step_ratio_b64_rounds"] = it["batch64"][p]["step_s_runs"]
         q = {p: json.loads((arch_dir / f"quantize-{p}.json").read_text())
              for p in PRECISIONS if (arch_dir / f"quantize-{p}.json").exists()}
         cols = ["fp32", *PRECISIONS]
@@ -333,15 +350,19 @@ def table(out: Path) -> str:
             lines.append("| variant | batch-64 recommend throughput ratio | batch-1 latency ratio | "
                          "batch-64 step throughput ratio | relative NDCG@10 loss [95% CI] |")
             lines.append("|---|---|---|---|---|")
-            hi = arch_dir / "head-interleaved.json"
-            it = json.loads(hi.read_text())["rounds"] if hi.exists() else None
+            it = merged(sorted(arch_dir.glob("head-interleaved*.json")))
             for r in h["bench"][1:]:
                 p = r["precision"]
                 d = h[p]["deltas"]["ndcg_relative_loss"]
-                thr = it["batch64"][p]["recommend_s"] if it else r.get("throughput_ratio_b64")
-                lat = it["batch1"][p]["recommend_s"] if it else r.get("latency_ratio_b1")
-                step = num(it["batch64"][p]["step_s"], ".2f") if it else "-"
-                lines.append(f"| {p} + int8 head | {num(thr, '.2f')} | {num(lat, '.2f')} | {step} | {d['value']:+.2%} "
+                def runs(batch, key):
+                    if not it:
+                        return "-"
+                    v = it[batch][p]
+                    each = v.get(key + "_runs", [])
+                    return f"{v[key]:.2f}" + (f" ({', '.join(f'{x:.2f}' for x in each)})" if len(each) > 1 else "")
+
+                lines.append(f"| {p} + int8 head | {runs('batch64', 'recommend_s')} | {runs('batch1', 'recommend_s')} | "
+                             f"{runs('batch64', 'step_s')} | {d['value']:+.2%} "
                              f"[{d['ci95'][0]:+.2%}, {d['ci95'][1]:+.2%}] |")
         prof = arch_dir / "profile.json"
         if prof.exists():
@@ -367,6 +388,7 @@ def main() -> None:
     ap.add_argument("--judge-users", type=int, default=3000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--force", action="store_true", help="re-quantize variants the bundles have already")
     ap.add_argument("--rounds", type=int, default=3, help="bench passes; the table takes the median ratio")
     ap.add_argument("--stages", default="quantize,bench,profile,head,interleaved")
     ap.add_argument("--scratch", default="/tmp/genrec-quantize-table", help="where the head experiment copies bundles")
