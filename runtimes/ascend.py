@@ -42,7 +42,6 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -566,9 +565,3 @@ class AscendBackend(BackendBase):
         except Exception:  # noqa: BLE001 - never raise from a finalizer
             pass
 
-
-def describe(backend: AscendBackend) -> str:
-    """One line: which build runs where (for logs and the selftest report)."""
-    return (f"ascend {backend.soc}/{backend.precision} on device {backend.device_id}, gears "
-            f"{list(backend.build.gears)}, OM producer {backend.build.info.get('om_producer', 'atc')}, "
-            f"bundle {Path(backend.bundle.path).name}")

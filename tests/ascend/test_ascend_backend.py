@@ -29,7 +29,7 @@ from support import ARCHS, SLICE
 
 from genrec.bundle import load_bundle, write_manifest
 from genrec.cli import invoke
-from genrec.errors import BundleError, ConfigError, MissingBackend
+from genrec.errors import BundleError, ConfigError
 
 MAGIC = b"GENREC-ATC-DOUBLE-OM\n"
 RELEASE = ["destroy_data_buffer", "free", "free_host", "destroy_dataset", "unload", "destroy_desc",
