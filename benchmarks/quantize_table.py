@@ -268,6 +268,70 @@ def merged(files: list[Path]) -> dict | None:
     return out
 
 
+def head_micro(arch: str, bundle: Path, out: Path, args) -> None:
+    """The catalogue scoring in isolation, fp32 vs int8 (onnxruntime's quantize_dynamic on the
+    MatMul), at the bundle's d, N and K' and batch 64: the MatMul against the whole item table,
+    then + TopK(K'), then + log_z (ReduceLogSumExp), timed interleaved; what the head costs in
+    either precision, with nothing else in the graph."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from genrec.bundle import load_bundle
+
+    res = out / arch / "head-micro.json"
+    if res.exists():
+        return
+    d = load_bundle(bundle, verify=False).dims
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((d.d_model, d.num_items + 1)).astype(np.float32)
+    user = rng.standard_normal((64, d.d_model)).astype(np.float32)
+
+    def graph(parts: str):
+        nodes = [helper.make_node("MatMul", ["u", "table"], ["scores"], name="score")]
+        outs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [64, d.num_items + 1])]
+        if "topk" in parts:
+            nodes.append(helper.make_node("TopK", ["scores", "k"], ["v", "i"], name="topk"))
+            outs = [helper.make_tensor_value_info("v", TensorProto.FLOAT, [64, d.topk]),
+                    helper.make_tensor_value_info("i", TensorProto.INT64, [64, d.topk])]
+        if "logz" in parts:
+            nodes.append(helper.make_node("ReduceLogSumExp", ["scores", "axes"], ["logz"], keepdims=0, name="lse"))
+            outs.append(helper.make_tensor_value_info("logz", TensorProto.FLOAT, [64]))
+        inits = [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([d.topk], np.int64), "k"),
+                 numpy_helper.from_array(np.array([1], np.int64), "axes")]
+        g = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("u", TensorProto.FLOAT, [64, d.d_model])],
+                              outs, inits)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+
+    sessions = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for parts in ("matmul", "matmul+topk", "matmul+topk+logz"):
+            src = f"{tmp}/{parts}.onnx"
+            import onnx
+
+            onnx.save(graph(parts), src)
+            quantize_dynamic(src, f"{tmp}/{parts}.int8.onnx", op_types_to_quantize=["MatMul"],
+                             weight_type=QuantType.QInt8)
+            for prec, path in (("fp32", src), ("int8", f"{tmp}/{parts}.int8.onnx")):
+                opts = ort.SessionOptions()
+                opts.intra_op_num_threads = args.threads or 2
+                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                sessions[f"{prec} {parts}"] = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    times = {k: [] for k in sessions}
+    names = list(sessions)
+    for r in range(args.rounds * 10):
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            sessions[k].run(None, {"u": user})
+            t0 = time.perf_counter()
+            for _ in range(5):
+                sessions[k].run(None, {"u": user})
+            times[k].append((time.perf_counter() - t0) / 5 * 1e3)
+    report = {"shape": {"batch": 64, "d": d.d_model, "N+1": d.num_items + 1, "K'": d.topk},
+              "ms_median": {k: float(np.median(v)) for k, v in times.items()}}
+    print(f"{arch} head micro: " + ", ".join(f"{k} {v:.2f} ms" for k, v in report["ms_median"].items()), flush=True)
+    _dump(res, report)
+
+
 def median_rows(files: list[Path]) -> dict[str, dict]:
     """``variant_summary`` per precision, its ratios the median over the bench rounds."""
     from genrec.runtimes.bench import variant_summary
@@ -364,6 +428,18 @@ def table(out: Path) -> str:
                 lines.append(f"| {p} + int8 head | {runs('batch64', 'recommend_s')} | {runs('batch1', 'recommend_s')} | "
                              f"{runs('batch64', 'step_s')} | {d['value']:+.2%} "
                              f"[{d['ci95'][0]:+.2%}, {d['ci95'][1]:+.2%}] |")
+        micro = arch_dir / "head-micro.json"
+        if micro.exists():
+            mm = json.loads(micro.read_text())
+            t, sh = mm["ms_median"], mm["shape"]
+            kp = sh["K'"]
+            lines.append(f"\nThe catalogue scoring alone (batch 64, d={sh['d']}, N+1={sh['N+1']}, K'={kp}; "
+                         "median ms, interleaved):\n")
+            lines.append("| | MatMul | + TopK | + log_z |")
+            lines.append("|---|---|---|---|")
+            for prec in ("fp32", "int8"):
+                lines.append(f"| {prec} | {t[prec + ' matmul']:.2f} | {t[prec + ' matmul+topk']:.2f} | "
+                             f"{t[prec + ' matmul+topk+logz']:.2f} |")
         prof = arch_dir / "profile.json"
         if prof.exists():
             p = json.loads(prof.read_text())
@@ -390,7 +466,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--force", action="store_true", help="re-quantize variants the bundles have already")
     ap.add_argument("--rounds", type=int, default=3, help="bench passes; the table takes the median ratio")
-    ap.add_argument("--stages", default="quantize,bench,profile,head,interleaved")
+    ap.add_argument("--stages", default="quantize,bench,profile,head,micro,interleaved")
     ap.add_argument("--scratch", default="/tmp/genrec-quantize-table", help="where the head experiment copies bundles")
     args = ap.parse_args()
     out = Path(args.out)
@@ -405,6 +481,8 @@ def main() -> None:
             profile(arch, Path(path), out, args)
         if "head" in stages:
             head_experiment(arch, Path(path), out, args)
+        if "micro" in stages:
+            head_micro(arch, Path(path), out, args)
         if "interleaved" in stages:
             interleaved(arch, Path(path), out, args)
             head_interleaved(arch, out, args)
