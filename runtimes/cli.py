@@ -344,9 +344,19 @@ def check_output(output_path: str, input_path: str) -> Path:
               help="Skip bad lines and requests that cannot be answered (listed on stderr) instead of stopping.")
 @click.option("--expect-digest", metavar="SHA256",
               help="Refuse any bundle whose digest (printed by `genrec inspect`) is not this one.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: a Ray Data actor pool (pip install genrec-deploy[ray]), "
+                   "JSONL or Parquet in and out (a file or a directory of parts).")
+@click.option("--actors", type=click.IntRange(min=1), default=None,
+              help="--engine ray: actors, each with one backend and --threads CPUs. [default: 1]")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="--engine ray: the cluster to join. [default: $RAY_ADDRESS, else a local instance]")
+@click.option("--preserve-order", is_flag=True,
+              help="--engine ray: write results in input order (else in the order batches finish).")
 def run_command(bundle, backend, provider, provider_options, device, precision, threads, input_path,
                 output_path, k, steps, strategy, beams, temperature, top_k, top_p, seed, allow_repeats,
-                rank_mode, batch_size, skip_invalid, expect_digest, backend_options=(), show_stats=False):
+                rank_mode, batch_size, skip_invalid, expect_digest, engine="local", actors=None,
+                ray_address=None, preserve_order=False, backend_options=(), show_stats=False):
     """Run JSONL requests through BUNDLE (a bundle directory; for --backend torch also a
     checkpoint file) and write one JSON line per request: user_id, items, scores.
 
@@ -391,6 +401,17 @@ def run_command(bundle, backend, provider, provider_options, device, precision, 
                                        seed=seed, allow_repeats=allow_repeats)
     if expect_digest is not None and not Path(bundle).is_dir():
         raise click.UsageError("--expect-digest pins a bundle directory; BUNDLE is a checkpoint file")
+    ray_only = {"--actors": actors is not None, "--ray-address": ray_address is not None,
+                "--preserve-order": preserve_order}
+    if engine != "ray" and any(ray_only.values()):
+        raise click.UsageError(f"{', '.join(f for f, g in ray_only.items() if g)} require --engine ray")
+    if engine == "ray" and (backend_options or show_stats):
+        raise click.UsageError("--backend-option and --stats do not apply to --engine ray yet")
+    if engine == "ray":
+        _run_on_ray(bundle, backend, provider, provider_options, device, precision, threads, input_path,
+                    output_path, k, steps, params, rank_mode, batch_size, skip_invalid, expect_digest,
+                    actors or 1, ray_address, preserve_order)
+        return
     to_stdout = output_path == "-"
     target = None if to_stdout else check_output(output_path, input_path)  # before any compute
     if expect_digest is not None:  # refuse another bundle before any request is read
@@ -435,6 +456,38 @@ def run_command(bundle, backend, provider, provider_options, device, precision, 
     click.echo(_summary(t.done, t.skipped, t.latencies), err=True)
     if show_stats:
         _print_stats(be)
+
+
+def _run_on_ray(bundle, backend, provider, provider_options, device, precision, threads, input_path,
+                output_path, k, steps, params, rank_mode, batch_size, skip_invalid, expect_digest,
+                actors, ray_address, preserve_order) -> None:
+    """``--engine ray``: the same checks as the local path, then ``ray_engine.run_on_ray``.
+
+    The output must be a file (the driver writes it, atomically), the input a file or a
+    directory of parts (read by Ray tasks, so not stdin), BUNDLE a bundle directory (every
+    actor opens it by path)."""
+    from .ray_engine import RaySpec, import_ray, run_on_ray
+    from .tables import output_format
+
+    if not Path(bundle).is_dir():
+        raise click.UsageError("--engine ray serves a bundle directory; BUNDLE is a checkpoint file")
+    if input_path == "-" or output_path == "-":
+        raise click.UsageError("--engine ray reads --input PATH and writes --output PATH "
+                               "(a .jsonl or .parquet file); not stdin or stdout")
+    import_ray()  # the install hint before anything else
+    output_format(output_path)
+    target = check_output(output_path, input_path)  # before any compute
+    options = {"provider": provider, "device": device, "precision": precision, "threads": threads or 1,
+               "provider_options": _parse_kv(provider_options) or None}
+    mode = "rank" if rank_mode else "generate" if steps is not None else "recommend"
+    spec = RaySpec(bundle=str(Path(bundle).resolve()), backend=backend,
+                   options={k_: v for k_, v in options.items() if v is not None}, mode=mode, k=k,
+                   steps=steps, params=params, batch_size=batch_size, skip_invalid=skip_invalid,
+                   expect_digest=expect_digest)
+    say = lambda line: click.echo(line, err=True)  # noqa: E731
+    summary = run_on_ray(spec, input_path, target, output_path, actors, ray_address, preserve_order,
+                         cpus=float(threads or 1), say=say)
+    click.echo(summary, err=True)
 
 
 def _with_backend_options(backend: str, aliases: dict[str, Any], pairs: tuple[str, ...]) -> dict[str, Any]:
