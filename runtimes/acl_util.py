@@ -75,7 +75,6 @@ class AclRuntime:
         self.acl, self.device_id = acl, device_id
         self.context = self.stream = 0
         self.refs = 0
-        self._local = threading.local()
 
     @classmethod
     def acquire(cls, acl: Any, device_id: int) -> "AclRuntime":
@@ -111,10 +110,10 @@ class AclRuntime:
             raise
 
     def bind(self) -> None:
-        """Make this runtime's context current in the calling thread (once per thread)."""
-        if getattr(self._local, "bound", None) != self.context:
-            check(self.acl, "rt.set_context", self.acl.rt.set_context(self.context))
-            self._local.bound = self.context
+        """Make this runtime's context current in the calling thread. On every call, not once
+        per thread: another backend (another device) or the caller may have made a different
+        context current in this thread meanwhile, and setting it costs one cheap runtime call."""
+        check(self.acl, "rt.set_context", self.acl.rt.set_context(self.context))
 
     def release(self) -> list[str]:
         """Drop one reference; the last one destroys stream and context and resets the device.

@@ -247,6 +247,21 @@ def test_the_context_is_bound_in_any_thread_that_calls(converted, acl):
         assert there and [r.items for r in there[0]] == [r.items for r in here]
 
 
+def test_two_devices_used_in_turn_from_one_thread(converted, acl, monkeypatch):
+    """Each call binds its own device's context: a model only runs in the context that loaded it."""
+    from genrec.runtimes.ascend import AscendBackend
+    from genrec.runtimes.decoding import recommend
+    from genrec.runtimes.parity import requests_from_data
+
+    monkeypatch.setenv("ACL_DOUBLE_DEVICES", "2")
+    path = converted("sasrec")
+    with AscendBackend(path, device_id=0) as a, AscendBackend(path, device_id=1) as b:
+        reqs = requests_from_data(SLICE, a.item_map.to_list(), 3, a.dims.max_history, 0).requests[:3]
+        first = [r.items for r in recommend(a, reqs, 5)]
+        assert [r.items for r in recommend(b, reqs, 5)] == first
+        assert [r.items for r in recommend(a, reqs, 5)] == first
+
+
 def test_runtime_is_shared_and_reference_counted(converted, acl):
     from genrec.runtimes.ascend import AscendBackend
 
