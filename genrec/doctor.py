@@ -224,6 +224,17 @@ def ort_checks() -> list[Check]:
     return out
 
 
+def ray_checks() -> list[Check]:
+    """Whether ``genrec-run --engine ray`` can run: Ray with Ray Data's pyarrow and pandas
+    (package metadata only: importing Ray takes a second). Optional, so it gates no target."""
+    found = {d: _version(d) for d in ("ray", "pyarrow", "pandas")}
+    missing = [d for d, v in found.items() if not v]
+    return [Check("Ray", "ray[data]", None if missing else True,
+                  (f"ray {found['ray']}, pyarrow {found['pyarrow']}: genrec-run --engine ray works" if not missing
+                   else f"not installed ({', '.join(missing)}): genrec-run --engine ray is unavailable (optional)"),
+                  "" if not missing else "pip install genrec-deploy[ray]")]
+
+
 def run_checks(target: str | None = None) -> list[Check]:
     """The checks a target needs (all of them without one)."""
     checks = ort_checks()
@@ -233,7 +244,7 @@ def run_checks(target: str | None = None) -> list[Check]:
         checks += acl_checks() + device_checks()
     if target in (None, "ascend"):
         checks += torch_npu_checks()
-    return checks
+    return checks + ray_checks()
 
 
 def verdicts(checks: list[Check]) -> dict[str, bool]:
