@@ -51,18 +51,21 @@ def quantize_for_ascend(bundle: str | os.PathLike[str], precision: str, calib_da
     users = split_users(calib_data, None, b.id_map, calib_users, 2, seed)
     feeds = record_feeds(b, users, seed=seed)
     out = b.path.parent / f"{b.path.name}-amct"
-    out.mkdir(exist_ok=True)
     import onnxruntime as ort
 
-    for g, spec in b.manifest.graphs.items():
-        src, cfg = b.path / spec.file, out / f"{g}.quant.cfg"
-        modified, record = out / f"{g}.modified.onnx", out / f"{g}.record.txt"
-        amct.create_quant_config(str(cfg), str(src), skip_layers=None, batch_num=len(feeds.graphs[g]))
-        amct.quantize_model(str(cfg), str(src), str(modified), str(record))
-        sess = ort.InferenceSession(str(modified), amct.AMCT_SO, providers=["CPUExecutionProvider"])
-        names = {i.name for i in sess.get_inputs()}
-        for call in feeds.graphs[g]:
-            sess.run(None, {k: v for k, v in call.items() if k in names})
-        amct.save_model(str(modified), str(record), str(out / g))
+    from genrec.atomic import atomic_directory
+
+    with atomic_directory(out, force=True) as tmp:  # all three deploy models, or none
+        for g, spec in b.manifest.graphs.items():
+            src, cfg = b.path / spec.file, tmp / f"{g}.quant.cfg"
+            modified, record = tmp / f"{g}.modified.onnx", tmp / f"{g}.record.txt"
+            amct.create_quant_config(str(cfg), str(src), skip_layers=None, batch_num=len(feeds.graphs[g]))
+            amct.quantize_model(str(cfg), str(src), str(modified), str(record))
+            sess = ort.InferenceSession(str(modified), amct.AMCT_SO, providers=["CPUExecutionProvider"])
+            names = {i.name for i in sess.get_inputs()}
+            for call in feeds.graphs[g]:
+                sess.run(None, {k: v for k, v in call.items() if k in names})
+            amct.save_model(str(modified), str(record), str(tmp / g))
+    for g in b.manifest.graphs:
         say(f"{g}: AMCT deploy model {out / (g + '_deploy_model.onnx')}")
     return out

@@ -32,3 +32,35 @@ def test_convert_of_a_quantized_bundle_compiles_no_qdq_graph(quantized, tmp_path
         ops = {n.op_type for n in model.graph.node}
         assert not ops & {"QuantizeLinear", "DequantizeLinear", "MatMulInteger", "DynamicQuantizeLinear"}, graph
         assert "variants/" not in json.dumps(meta) and "variants/" not in build.commands[graph]
+
+
+def test_amct_flow_writes_deploy_models_from_the_calibration_inputs(trained_bundle, tmp_path, monkeypatch):
+    """With ``amct_onnx`` importable (a stand-in with AMCT's documented PTQ calls, ASCEND.md §6),
+    each graph goes create_quant_config -> quantize_model -> calibration runs -> save_model."""
+    import sys
+    import types
+
+    import onnxruntime as ort
+
+    from support import SLICE
+
+    from genrec.calibration.ascend import quantize_for_ascend
+
+    calls = []
+    fake = types.ModuleType("amct_onnx")
+    fake.AMCT_SO = ort.SessionOptions()
+    fake.create_quant_config = lambda cfg, model, skip_layers=None, batch_num=1: (
+        calls.append(("config", batch_num)), open(cfg, "w").write("{}"))
+    fake.quantize_model = lambda cfg, model, modified, record: (
+        calls.append(("quantize", model)), shutil.copyfile(model, modified), open(record, "w").write(""))
+    fake.save_model = lambda modified, record, save_path: (
+        calls.append(("save", save_path)), shutil.copyfile(modified, save_path + "_deploy_model.onnx"))
+    monkeypatch.setitem(sys.modules, "amct_onnx", fake)
+    path = tmp_path / "bundle"
+    shutil.copytree(trained_bundle, path)
+    out = quantize_for_ascend(path, "int8-static", SLICE, calib_users=8)
+    assert out == tmp_path / "bundle-amct"  # beside the bundle: the bundle itself is untouched
+    assert [c[0] for c in calls] == ["config", "quantize", "save"] * 3
+    assert all(c[1] > 0 for c in calls if c[0] == "config")  # batch_num = the recorded calls
+    for g in ("prefill", "step", "rank"):
+        assert (out / f"{g}_deploy_model.onnx").is_file()
