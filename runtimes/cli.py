@@ -302,7 +302,7 @@ def check_output(output_path: str, input_path: str) -> Path:
 
 @click.command("run", short_help="Recommend, generate or rank JSONL requests with a bundle.")
 @click.argument("bundle", type=click.Path(exists=True))
-@click.option("--backend", default="onnxruntime", show_default=True,
+@click.option("--backend", default="onnxruntime", show_default=True, metavar="BACKEND[:VARIANT]",
               help="Backend name: onnxruntime, torch, or one installed through the genrec.backends entry point.")
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "cann"]), default=None,
               help="onnxruntime execution provider. [default: cpu]")
@@ -401,16 +401,17 @@ def run_command(bundle, backend, provider, provider_options, device, precision, 
                                        seed=seed, allow_repeats=allow_repeats)
     if expect_digest is not None and not Path(bundle).is_dir():
         raise click.UsageError("--expect-digest pins a bundle directory; BUNDLE is a checkpoint file")
+    backend, precision = _variant(backend, bundle, precision)
     ray_only = {"--actors": actors is not None, "--ray-address": ray_address is not None,
                 "--preserve-order": preserve_order}
     if engine != "ray" and any(ray_only.values()):
         raise click.UsageError(f"{', '.join(f for f, g in ray_only.items() if g)} require --engine ray")
-    if engine == "ray" and (backend_options or show_stats):
-        raise click.UsageError("--backend-option and --stats do not apply to --engine ray yet")
+    if engine == "ray" and show_stats:
+        raise click.UsageError("--stats does not apply to --engine ray yet")
     if engine == "ray":
         _run_on_ray(bundle, backend, provider, provider_options, device, precision, threads, input_path,
                     output_path, k, steps, params, rank_mode, batch_size, skip_invalid, expect_digest,
-                    actors or 1, ray_address, preserve_order)
+                    actors or 1, ray_address, preserve_order, backend_options)
         return
     to_stdout = output_path == "-"
     target = None if to_stdout else check_output(output_path, input_path)  # before any compute
@@ -460,7 +461,7 @@ def run_command(bundle, backend, provider, provider_options, device, precision, 
 
 def _run_on_ray(bundle, backend, provider, provider_options, device, precision, threads, input_path,
                 output_path, k, steps, params, rank_mode, batch_size, skip_invalid, expect_digest,
-                actors, ray_address, preserve_order) -> None:
+                actors, ray_address, preserve_order, backend_options=()) -> None:
     """``--engine ray``: the same checks as the local path, then ``ray_engine.run_on_ray``.
 
     The output must be a file (the driver writes it, atomically), the input a file or a
@@ -477,17 +478,37 @@ def _run_on_ray(bundle, backend, provider, provider_options, device, precision, 
     import_ray()  # the install hint before anything else
     output_format(output_path)
     target = check_output(output_path, input_path)  # before any compute
-    options = {"provider": provider, "device": device, "precision": precision, "threads": threads or 1,
+    options = {"provider": provider, "device": device, "precision": precision, "threads": threads,
                "provider_options": _parse_kv(provider_options) or None}
+    options = {k_: v for k_, v in _with_backend_options(backend, options, backend_options).items()
+               if v is not None}
+    options.setdefault("threads", 1)  # an actor's threads = the CPUs it reserves
     mode = "rank" if rank_mode else "generate" if steps is not None else "recommend"
-    spec = RaySpec(bundle=str(Path(bundle).resolve()), backend=backend,
-                   options={k_: v for k_, v in options.items() if v is not None}, mode=mode, k=k,
+    spec = RaySpec(bundle=str(Path(bundle).resolve()), backend=backend, options=options, mode=mode, k=k,
                    steps=steps, params=params, batch_size=batch_size, skip_invalid=skip_invalid,
                    expect_digest=expect_digest)
     say = lambda line: click.echo(line, err=True)  # noqa: E731
     summary = run_on_ray(spec, input_path, target, output_path, actors, ray_address, preserve_order,
-                         cpus=float(threads or 1), say=say)
+                         cpus=float(options["threads"]), say=say)
     click.echo(summary, err=True)
+
+
+def _variant(spec: str, bundle: str, precision: str | None) -> tuple[str, str | None]:
+    """``--backend BACKEND[:VARIANT]`` -> (backend, precision option): the grammar parity, bench
+    and Ray use too (``registry.split_backend``); the variant is resolved against the bundle
+    (``int8`` -> its one int8 variant; ascend's are its OM build precisions)."""
+    from genrec.bundle import load_bundle
+
+    from .registry import resolve_backend_variant, split_backend
+
+    name, variant = split_backend(spec)
+    if variant is None:
+        return name, precision
+    if precision is not None:
+        raise click.UsageError(f"--backend {spec} names a variant; --precision {precision} names another")
+    if not Path(bundle).is_dir():
+        raise click.UsageError(f"--backend {spec}: variants belong to bundles; BUNDLE is a checkpoint file")
+    return name, resolve_backend_variant(name, load_bundle(bundle, verify=False), variant)
 
 
 def _with_backend_options(backend: str, aliases: dict[str, Any], pairs: tuple[str, ...]) -> dict[str, Any]:
