@@ -200,7 +200,9 @@ def interleaved(arch: str, bundle: Path, out: Path, args, name: str = "interleav
     from genrec.bundle import load_bundle
     from genrec.runtimes import get_backend, recommend
     from genrec.runtimes.bench import synthetic_requests, _real_histories
-    from genrec.runtimes.decoding import _exclude, _history_exclusions, _pad, _prefill, prepare
+    from genrec.runtimes.batching import exclusions as _exclude, history_exclusions as _history_exclusions
+    from genrec.runtimes.batching import pad as _pad, prefill_rows as _prefill
+    from genrec.runtimes.decoding import prepare
     from genrec.data import ItemMap
 
     res = out / arch / name

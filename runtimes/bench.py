@@ -46,7 +46,7 @@ import numpy as np
 from genrec.errors import ConfigError
 
 from .base import open_bundle
-from .decoding import _chunks, _gear
+from .batching import chunks, exclusions, gear, history_exclusions, pad, prefill_rows
 
 __all__ = ["BenchSpec", "MEMORY_METHOD", "check_plot_path", "parse_sizes", "plot_report", "report_table",
            "run_bench", "synthetic_requests", "variant_info", "variant_summary", "variant_table"]
@@ -262,14 +262,14 @@ def time_runs(fn: Callable[[], Any], warmup: int, repeat: int, timer: BackendTim
 
 def _step_probe(backend, requests, spec: BenchSpec, timer: BackendTimer) -> list[float]:
     """Seconds of ``warmup + repeat`` step calls (the warm-up ones dropped) on one prefilled batch."""
-    from .decoding import _exclude, _history_exclusions, _pad, _prefill, prepare
+    from .decoding import prepare
 
     rows = prepare(backend, requests[:max(backend.batch_gears)])
-    excl, _ = _exclude(backend, _history_exclusions(rows), 1, lambda i: f"request {i}")
-    b = _prefill(backend, rows, excl)
+    excl, _ = exclusions(backend, history_exclusions(rows))
+    b = prefill_rows(backend, rows, excl)
     g = b.state.batch
-    new_item = _pad(np.maximum(b.out.topk_ids[:len(rows), 0], 1), g)  # any valid id
-    position, req_time, excl = _pad(b.lengths, g), _pad(b.request_time, g), _pad(excl, g)
+    new_item = pad(np.maximum(b.out.topk_ids[:len(rows), 0], 1), g)  # any valid id
+    position, req_time, excl = pad(b.lengths, g), pad(b.request_time, g), pad(excl, g)
     timer.clear()
     for _ in range(spec.warmup + spec.repeat):
         backend.step(b.state, new_item, position, req_time, excl)
@@ -364,7 +364,7 @@ def _environment() -> dict[str, Any]:
 def run_bench(bundle, spec: BenchSpec | None = None,
               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Measure ``spec`` on ``bundle`` (a Bundle or a bundle directory); the report as a dict."""
-    from .registry import get_backend, resolve_variant, split_backend
+    from .registry import get_backend, resolve_backend_variant, split_backend
 
     spec = spec or BenchSpec()
     say = progress or (lambda msg: None)
@@ -372,7 +372,7 @@ def run_bench(bundle, spec: BenchSpec | None = None,
     dims = bundle.dims
     spec.check(dims)
     for name in spec.backends:  # an unknown or ambiguous variant fails before any measuring
-        resolve_variant(bundle, split_backend(name)[1])
+        resolve_backend_variant(split_backend(name)[0], bundle, split_backend(name)[1])
     real = None
     if spec.data:
         from genrec.data import ItemMap
@@ -393,7 +393,8 @@ def run_bench(bundle, spec: BenchSpec | None = None,
             sets[length, batch] = synthetic_requests(bundle.id_map, batch, length, spec.seed, usable)
     for name in spec.backends:  # BACKEND[:VARIANT]; rows keep the spec as their "backend"
         kind, variant = split_backend(name)
-        precision = resolve_variant(bundle, variant)
+        precision = resolve_backend_variant(kind, bundle, variant)
+        precision = None if precision == bundle.precisions[0] and kind != "ascend" else precision
         options = dict(spec.options.get(name, {}))
         if precision is not None:
             options["precision"] = precision
@@ -420,7 +421,7 @@ def run_bench(bundle, spec: BenchSpec | None = None,
                     say(f"{name}: batch {batch}, history {length}")
                     requests, synthetic = sets[length, batch]
                     row = {"backend": name, "batch": batch, "history": length,
-                           "gears": sorted({_gear(backend, len(c)) for _, c in _chunks(backend, requests, batch)}),
+                           "gears": sorted({gear(backend, len(c)) for _, c in chunks(backend, requests, batch)}),
                            "synthetic_requests": synthetic}
                     row.update(_measure(backend, requests, batch, spec, timer))
                     report["results"].append(row)

@@ -383,7 +383,3 @@ def _with_candidates(req: Request | dict, cands: Sequence[int]) -> Request | dic
     return Request(req.user_id, req.items, req.timestamps, req.request_time, req.exclude, cands)
 
 
-
-# the loop's former private names, for code written against them (new code: batching, Stepper)
-_chunks, _exclude, _gear, _history_exclusions, _pad, _prefill = (
-    chunks, exclusions, gear, history_exclusions, pad, prefill_rows)

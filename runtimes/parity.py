@@ -84,6 +84,7 @@ DEFAULTS = {
 # the variants `genrec quantize` writes are judged like their family (int8: weights and
 # activations both quantised or not, the list- and task-level limits are the same)
 DEFAULTS["int8-dynamic"] = DEFAULTS["int8-static"] = DEFAULTS["int8"]
+DEFAULTS["mixed"] = DEFAULTS["fp16"]  # Ascend's mixed precision mode: fp16 where ATC allows it
 
 
 # --------------------------------------------------------------------------------------------
