@@ -454,7 +454,7 @@ def run_on_ray(spec: RaySpec, input_path: str, target: Path, output_path: str, a
     spec = dataclasses.replace(spec, files=tuple(p.name for p in parts),
                                row_word="row" if parts[0].fmt == "parquet" else "line",
                                fail_after=fail_after, fail_marker=marker)
-    every = float(os.environ.get(PROGRESS_ENV, "30") or 30)
+    every = _progress_seconds()
     total = sum(p.rows for p in parts) if all(p.rows is not None for p in parts) else None
     uid_type = parts[0].uid_type if all(p.uid_type == parts[0].uid_type for p in parts) else "str"
     # Ray Data gives actor pools max_restarts=-1 and max_task_retries=-1 by default (a dead
@@ -476,14 +476,11 @@ def run_on_ray(spec: RaySpec, input_path: str, target: Path, output_path: str, a
         ctx.execution_options.preserve_order = preserve_order
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
-        # reads are light and must not wait for the CPUs the actors hold (2 actors on 2 CPUs
-        # would otherwise starve them forever)
-        # one block stream per part, not split further (a split block is a smaller batch);
-        # a block is BATCHES_PER_TASK batches: one actor task each (Ray's per-task cost is
-        # paid once per block; a retried task redoes one block)
-        # Ray merges the blocks a read task yields up to target_max_block_size (128 MiB: a
-        # part of a million requests would be one block, one actor task, one busy actor):
-        # set it to about one block of ours for this run
+        # A block is BATCHES_PER_TASK batches, one actor task: Ray's per-task cost is paid
+        # once per block, and a retried task redoes one block. Ray merges the blocks a read
+        # task yields up to target_max_block_size (128 MiB: a part of a million requests would
+        # be one block, one actor task, one busy actor), so that is set to about one of ours.
+        # Reads take no CPU from the pool: 2 actors on 2 CPUs would otherwise starve them.
         block_rows = size * BATCHES_PER_TASK
         ctx.target_max_block_size = int(0.8 * block_rows * max(p.row_bytes for p in parts))
         ds = ray.data.read_datasource(_datasource(parts, block_rows), num_cpus=0,
@@ -526,6 +523,17 @@ def run_on_ray(spec: RaySpec, input_path: str, target: Path, output_path: str, a
 def _restore_context(ctx: Any, saved: tuple) -> None:
     (ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.print_on_execution_start,
      ctx.target_max_block_size) = saved
+
+
+def _progress_seconds() -> float:
+    raw = os.environ.get(PROGRESS_ENV, "").strip() or "30"
+    try:
+        every = float(raw)
+    except ValueError:
+        every = -1.0
+    if not every >= 0:
+        raise ConfigError(f"{PROGRESS_ENV}={raw!r}: expected seconds between progress lines (>= 0)")
+    return every
 
 
 def _fail_after() -> int:
