@@ -583,6 +583,6 @@ def _summary(n: int, skipped: int, wall: float, per_actor: dict[str, list[float]
     lines = [head]
     for label, (reqs, busy, nb) in sorted(per_actor.items()):
         rate = f"{reqs / busy:.1f} requests/s while busy" if busy > 0 else "idle"
-        lines.append(f"  actor {label}: {int(reqs)} requests in {int(nb)} batches, {rate}")
+        lines.append(f"  actor {label}: {int(reqs)} requests in {int(nb)} batch{'es' if nb != 1 else ''}, {rate}")
     return "\n".join(lines)
 

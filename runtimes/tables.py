@@ -161,7 +161,7 @@ def _parquet_schema(path: Path, name: str) -> tuple[int, str]:
                                     and (t.is_integer(typ.value_type) or t.is_null(typ.value_type)))
             want = "a list of integers"
         if not ok:
-            raise DataError(f"{name}: column {f.name} is {typ}; a request's {f.name} is {want}")
+            raise DataError(f"{name}: column {f.name} is {typ}; a request's {f.name} must be {want}")
     return meta.num_rows, "int" if t.is_integer(schema.field("user_id").type) else "str"
 
 
