@@ -10,9 +10,11 @@
   also reserves one ``NPU`` (Ray's resource name for an Ascend device, which it detects on
   each node and hands out through ``ASCEND_RT_VISIBLE_DEVICES``).
 - **Batches** are the bundle's largest gear (``--batch-size`` to lower it, divided by the
-  beams for beam search), as in the single-process run: the read tasks cut their parts
-  into blocks of that many rows, so one actor task is one batch and a retried task redoes
-  one batch.
+  beams for beam search), as in the single-process run. The read tasks cut their parts
+  into blocks of ``BATCHES_PER_TASK`` (16) batches, and Ray's block size is set to match:
+  one block is one actor task (Ray's per-task cost is paid per 16 batches; a retried task
+  redoes at most 16). Read tasks reserve no CPU, so that a pool holding every CPU does
+  not starve them.
 - **Results** are those of the single-process run (``tests/runtimes/test_ray_engine.py``
   checks it): the same validation and messages, rows named ``<file> line <n>`` (Parquet:
   ``row <n>``), sampled slates seeded by a request's place in the whole input (request i of
@@ -24,8 +26,8 @@
   nothing (exit 1, the first bad row of that batch named); with it, every bad row and every
   request the loop cannot answer is listed on stderr as ``skipped ...`` and the rest runs.
 - **Crashes.** Ray Data restarts a dead actor and retries its task (``max_restarts=-1``,
-  ``max_task_retries=-1``, Ray Data's defaults for actor pools, set here explicitly): a task's
-  output reaches the driver only once it is complete, so no row is lost or doubled.
+  ``max_task_retries=-1``: Ray Data's defaults for actor pools): the task's output is lost
+  with the actor and redone whole, so no row is lost or doubled (tested).
   ``GENREC_RAY_FAIL_AFTER=k`` (testing only) makes the first actor that finishes its k-th
   batch exit hard (``os._exit``) before returning it, once per run: the actor that claims
   a marker file (created next to the output, removed at the end) is the one that dies,
