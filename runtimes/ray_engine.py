@@ -464,6 +464,7 @@ def run_on_ray(spec: RaySpec, input_path: str, target: Path, output_path: str, a
     resources = {"NPU": 1} if spec.backend == "ascend" else None
     t0 = time.perf_counter()
     per_actor: dict[str, list[float]] = {}  # label -> [requests, busy seconds, batches]
+    seen = _Seen(parts)
     first_error: tuple[int, int, str] | None = None
     more = 0
     # planned from one read task per part, Ray Data warns that a pool of N actors gets 1
@@ -496,7 +497,7 @@ def run_on_ray(spec: RaySpec, input_path: str, target: Path, output_path: str, a
                 writer = ResultWriter(fh, out_fmt, spec.mode == "generate", uid_type)
                 progress = stack.enter_context(_Progress(total, every, say))
                 for block in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                    errs, done = _consume(block, spec, writer, per_actor)
+                    errs, done = _consume(block, spec, writer, per_actor, seen)
                     if errs and not spec.skip_invalid:
                         first_error, more = errs[0], len(errs) - 1
                         break
@@ -519,6 +520,8 @@ def run_on_ray(spec: RaySpec, input_path: str, target: Path, output_path: str, a
                 os.unlink(marker)
                 say(f"note: {FAIL_AFTER_ENV}={fail_after}: an actor exited after its batch {fail_after}; "
                     "Ray restarted it and retried its work")
+            if seen.duplicates:
+                say(f"note: {seen.duplicates} row(s) came back twice (a retried task) and were written once")
     return _summary(done, skipped, time.perf_counter() - t0, per_actor)
 
 
@@ -547,14 +550,37 @@ def _fail_after() -> int:
     return int(raw)
 
 
-def _consume(block: Any, spec: RaySpec, writer: ResultWriter,
-             per_actor: dict[str, list[float]]) -> tuple[list[tuple[int, int, str]], int]:
+class _Seen:
+    """One bit per input row (1 MiB per 8M rows): a row the driver has already received is
+    dropped if it comes again. Ray redoes a dead actor's task whole and only complete tasks
+    deliver here, so this is a second line of defence, not the mechanism; it makes "each
+    row once" hold whatever a Ray version does with a partly delivered task."""
+
+    def __init__(self, parts: list[InputFile]):
+        self.bits = [bytearray((p.rows or 0) // 8 + 1) for p in parts]
+        self.duplicates = 0
+
+    def first_time(self, f: int, n: int) -> bool:
+        b, i = self.bits[f], n - 1
+        if i >> 3 >= len(b):  # a part that grew since it was counted: no record, let it through
+            return True
+        if b[i >> 3] >> (i & 7) & 1:
+            self.duplicates += 1
+            return False
+        b[i >> 3] |= 1 << (i & 7)
+        return True
+
+
+def _consume(block: Any, spec: RaySpec, writer: ResultWriter, per_actor: dict[str, list[float]],
+             seen: _Seen) -> tuple[list[tuple[int, int, str]], int]:
     """One output block: results written, (file, row, message) of its error rows in input
-    order returned with the number of results; the actors' numbers tallied."""
+    order returned with the number of results; the actors' numbers tallied; a row already
+    received dropped."""
     err = block.column("_error").to_pylist()
     files, rows = block.column("_file").to_pylist(), block.column("_row").to_pylist()
-    errors = sorted((f, n, e) for f, n, e in zip(files, rows, err) if e is not None)
-    keep = [j for j, e in enumerate(err) if e is None]
+    fresh = [seen.first_time(f, n) for f, n in zip(files, rows)]
+    errors = sorted((f, n, e) for f, n, e, new in zip(files, rows, err, fresh) if e is not None and new)
+    keep = [j for j, e in enumerate(err) if e is None and fresh[j]]
     actor, busy = block.column("_actor").to_pylist(), block.column("_busy").to_pylist()
     label = None
     for j, name in enumerate(actor):  # a batch's first row names its actor; its rows follow it
@@ -563,7 +589,7 @@ def _consume(block: Any, spec: RaySpec, writer: ResultWriter,
             tally = per_actor.setdefault(name, [0, 0.0, 0])
             tally[1] += busy[j]
             tally[2] += 1
-        if err[j] is None and label is not None:
+        if err[j] is None and fresh[j] and label is not None:
             per_actor[label][0] += 1
     if errors and not spec.skip_invalid:
         return errors, 0
