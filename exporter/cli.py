@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import click
 from genrec.progress import console as make_console
@@ -20,6 +19,21 @@ def _gears(ctx, param, value: str) -> list[int]:
     if not gears or gears[0] < 1:
         raise click.BadParameter("batch gears must be positive integers")
     return gears
+
+
+def _atc_options(f):
+    """--atc, --jobs and --cache-write: how ATC runs, shared by export and convert."""
+    for option in reversed((
+        click.option("--atc", "atc_path", type=click.Path(), default=None,
+                     help="The atc to run (default: atc on PATH)."),
+        click.option("--jobs", type=click.IntRange(1, 16), default=1, show_default=True, help="ATC calls at once."),
+        click.option("--cache-write", type=click.Choice(["where", "scatter"]), default="where", show_default=True,
+                     help="How ATC's graphs write the KV cache: where = Equal + Where on AI Core (an ATC-only "
+                          "variant, checked bitwise against the exported graph); scatter = ScatterElements as "
+                          "exported (AI CPU on 310P/910/910B)."),
+    )):
+        f = option(f)
+    return f
 
 
 @click.command("export", short_help="Export a checkpoint to a verified ONNX bundle.")
@@ -40,12 +54,7 @@ def _gears(ctx, param, value: str) -> list[int]:
               help="With --target ascend: also run ATC for this SoC (e.g. Ascend310P3) and add the OM files.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "mixed"]), default="fp32", show_default=True,
               help="ATC precision with --soc-version (fp32 is the parity build; see `genrec convert --help`).")
-@click.option("--atc", "atc_path", type=click.Path(), default=None, help="The atc to run (default: atc on PATH).")
-@click.option("--jobs", type=click.IntRange(1, 16), default=1, show_default=True, help="ATC calls at once.")
-@click.option("--cache-write", type=click.Choice(["where", "scatter"]), default="where", show_default=True,
-              help="How ATC's graphs write the KV cache: where = Equal + Where on AI Core (an ATC-only variant, "
-                   "checked bitwise against the exported graph); scatter = ScatterElements as exported (AI CPU "
-                   "on 310P/910/910B).")
+@_atc_options
 @click.option("--data", type=click.Path(exists=True), default=None,
               help="Histories for the numeric check (default: the checkpoint's training data).")
 @click.option("--steps", type=int, default=5, show_default=True, help="Incremental steps checked after prefill.")
@@ -263,12 +272,7 @@ class ConvertDisplay:
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "mixed"]), default="fp32", show_default=True,
               help="fp32: must_keep_origin_dtype, the parity build; fp16: force_fp16 with the scoring head, TopK, "
                    "log_z and norms kept fp32 (--keep_dtype); mixed: allow_mix_precision with --modify_mixlist.")
-@click.option("--atc", "atc_path", type=click.Path(), default=None, help="The atc to run (default: atc on PATH).")
-@click.option("--jobs", type=click.IntRange(1, 16), default=1, show_default=True, help="ATC calls at once.")
-@click.option("--cache-write", type=click.Choice(["where", "scatter"]), default="where", show_default=True,
-              help="How ATC's graphs write the KV cache: where = Equal + Where on AI Core (an ATC-only variant, "
-                   "checked bitwise against the exported graph); scatter = ScatterElements as exported (AI CPU "
-                   "on 310P/910/910B).")
+@_atc_options
 @click.option("--emit-script", type=click.Path(dir_okay=False), default=None,
               help="Write a shell script doing this conversion on a CANN host instead of running ATC here.")
 @click.option("--import", "import_dir", type=click.Path(exists=True, file_okay=False), default=None,
