@@ -1,15 +1,28 @@
 #!/usr/bin/env bash
-# The main job end to end on the shipped Beauty slice: train a small HSTU, export a verified
-# bundle, serve recommendations and slates with onnxruntime, and check parity against torch.
+# The main job end to end on the shipped Beauty slice: train a small model, show it against the
+# most-popular baseline, export a verified bundle, serve recommendations and slates with
+# onnxruntime, and check parity against torch.
 # Usage: bash examples/end_to_end.sh [ARCH] [OUTDIR]     (ARCH: hstu|llama|gpt|sasrec)
+# Training settings per backbone: genrec/presets/demo/ARCH.json, chosen on the validation item
+# of the slice (benchmarks/demo_sweep.py; results in benchmarks/results/demo_sweep*.jsonl).
 set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
 ARCH=${1:-hstu}
 OUT=${2:-out/demo-$ARCH}
 DATA=data/beauty-slice
+[ -d "$DATA" ] || DATA="$ROOT/data/beauty-slice"
+CONFIG="$ROOT/genrec/presets/demo/$ARCH.json"
+[ -f "$CONFIG" ] || { echo "error: unknown ARCH '$ARCH' (no $CONFIG); choose hstu, llama, gpt or sasrec" >&2; exit 1; }
 mkdir -p "$OUT"
 
-genrec train --data "$DATA" --arch "$ARCH" --preset small -o "$OUT/model.pt" --quiet
-genrec evaluate "$OUT/model.pt" --data "$DATA" --baseline
+genrec train --data "$DATA" --arch "$ARCH" --config "$CONFIG" -o "$OUT/model.pt" --quiet
+genrec evaluate "$OUT/model.pt" --data "$DATA" --baseline --json "$OUT/metrics.json"
+python3 - "$OUT/metrics.json" "$ARCH" <<'PY'
+import json, sys
+rows = json.load(open(sys.argv[1]))
+model, popular = rows[sys.argv[2]]["NDCG@10"], rows["most-popular"]["NDCG@10"]
+print(f"test NDCG@10: {sys.argv[2]} {model:.4f} vs most-popular {popular:.4f} = {model / popular:.2f}x")
+PY
 genrec export "$OUT/model.pt" -o "$OUT/bundle" --force
 genrec inspect "$OUT/bundle" --target ascend > "$OUT/inspect.txt"
 
