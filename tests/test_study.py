@@ -43,7 +43,8 @@ def test_scaling_resumes_after_a_stop_without_retraining(tmp_path: Path, capsys)
     first = json.loads(out.read_text())
     assert not first["complete"] and len(first["rows"]) == 3
     assert "3 of 4 combination(s)" in stdout and "rerun the same command to resume" in stdout
-    assert "[1/4] sasrec x 1 layer(s)" in err and "[3/4] llama x 1 layer(s)" in err
+    assert "[1/4] sasrec x 1 layer(s)" in err and "[2/4] llama x 1 layer(s)" in err
+    assert "[3/4] sasrec x 2 layer(s)" in err  # depth-major: every backbone at a depth first
 
     code, stdout, err = _genrec(args, capsys)
     assert code == 0, err

@@ -193,7 +193,8 @@ def scaling_command(data, fmt, sep, archs, layers, width, preset, budget_minutes
     settings = json.loads(json.dumps(settings))  # as it reads back from the file (tuples -> lists)
     rows = _load_state(json_path, settings, restart)
     done = {(r["arch"], r["layers"]) for r in rows}
-    todo = [(a, n) for a in arch_list for n in depth_list if (a, n) not in done]
+    # depth-major, so that a study stopped early (budget, --stop-after) compares every backbone
+    todo = [(a, n) for n in depth_list for a in arch_list if (a, n) not in done]
     total = len(arch_list) * len(depth_list)
     if done:
         click.echo(f"resuming {json_path}: {total - len(todo)} of {total} combination(s) done", err=True)
