@@ -49,24 +49,26 @@ def main() -> None:
     ap.add_argument("--preset", default="ml-1m")
     ap.add_argument("--negatives", type=int, default=128, help="sampled negatives (Meta's ML-1M: 128)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seq-len", type=int, default=SEQ_LEN, help="length of every synthetic row")
+    ap.add_argument("--num-items", type=int, default=NUM_ITEMS, help="catalogue size (Beauty: 12101)")
     ap.add_argument("--mode", default="shared", choices=["shared", "per_position", "per_position_gather"],
                     help="negatives: one draw shared by the batch, or one per position (Meta)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(batch_size=args.batch_size, num_negatives=args.negatives, seed=args.seed)
-    model = init_model(make_config(args.arch, NUM_ITEMS, args.preset), cfg.seed)
-    if model.config.max_len < SEQ_LEN:
-        raise SystemExit(f"preset {args.preset} has max_len {model.config.max_len} < {SEQ_LEN}")
+    model = init_model(make_config(args.arch, args.num_items, args.preset), cfg.seed)
+    if model.config.max_len < args.seq_len:
+        raise SystemExit(f"preset {args.preset} has max_len {model.config.max_len} < {args.seq_len}")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(args.seed)
-    batches = [synthetic_batch(rng, args.batch_size, SEQ_LEN, NUM_ITEMS) for _ in range(4)]
+    batches = [synthetic_batch(rng, args.batch_size, args.seq_len, args.num_items) for _ in range(4)]
     model.train()
 
     def step(i: int) -> float:
         ids, lengths, ts, req, tgt = batches[i % len(batches)]
         positions = None if args.mode == "shared" else int((tgt != 0).sum())
-        negatives = draw_negatives(rng, NUM_ITEMS, cfg.num_negatives, positions)
+        negatives = draw_negatives(rng, args.num_items, cfg.num_negatives, positions)
         h, _ = model.encode(ids, lengths, ts if model.needs_timestamps else None,
                             req if model.needs_timestamps else None)
         loss = sampled_softmax_loss(model, h, tgt, negatives,
@@ -87,11 +89,11 @@ def main() -> None:
     seqs = args.steps * args.batch_size
     print(json.dumps({
         "arch": args.arch, "preset": args.preset, "params": model.num_params(),
-        "seq_len": SEQ_LEN, "num_items": NUM_ITEMS, "batch_size": args.batch_size,
+        "seq_len": args.seq_len, "num_items": args.num_items, "batch_size": args.batch_size,
         "num_negatives": cfg.num_negatives, "mode": args.mode, "threads": torch.get_num_threads(),
         "warmup_steps": args.warmup, "steps": args.steps,
         "step_ms_median": round(1000 * float(np.median(times)), 1),
-        "sequences_per_s": round(seqs / total, 1), "tokens_per_s": round(seqs * SEQ_LEN / total, 0),
+        "sequences_per_s": round(seqs / total, 1), "tokens_per_s": round(seqs * args.seq_len / total, 0),
         "final_loss": round(loss, 4), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
     }, indent=2))
 
