@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from genrec.atomic import atomic_file
 from genrec.errors import BundleError, CheckpointError
 from genrec.manifest import (GRAPH_NAMES, SCHEMA, SCHEMA_VERSION, Dims, GraphSpec, Manifest, TargetBuild,
-                             TensorSpec, Variant)
+                             TensorSpec, Variant, is_sha256)
 
 if TYPE_CHECKING:  # onnx and torch are imported lazily: reading a manifest needs neither
     import onnx
@@ -495,7 +495,7 @@ def check_digest(digest: str | None) -> str | None:
     if digest is None:
         return None
     d = digest.strip().lower().removeprefix("sha256:")
-    if len(d) != 64 or any(c not in "0123456789abcdef" for c in d):
+    if not is_sha256(d):
         raise BundleError(f"--expect-digest {digest!r}: expected 64 hex digits (as `genrec inspect` prints)")
     return d
 

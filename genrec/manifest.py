@@ -72,6 +72,21 @@ def _typed(d: Mapping[str, Any], key: str, want: type, where: str = "") -> Any:
     return d[key]
 
 
+def _object(d: Any, where: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """``d`` as a JSON object holding every one of ``keys``; BundleError naming ``where`` otherwise."""
+    if not isinstance(d, dict):
+        raise _bad(where, "expected an object")
+    for k in keys:
+        if k not in d:
+            raise _bad(where, f"missing {k!r}")
+    return d
+
+
+def is_sha256(text: Any) -> bool:
+    """Whether ``text`` is a lowercase hex sha256 digest (as ``files`` lists and digests are)."""
+    return isinstance(text, str) and bool(_HEX64.match(text))
+
+
 def relpath(rel: Any, where: str) -> str:
     """A path inside the bundle: relative, POSIX, no ``..``; BundleError naming ``where``."""
     if not isinstance(rel, str) or not rel:
@@ -101,11 +116,7 @@ class TensorSpec:
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> TensorSpec:
-        if not isinstance(d, dict):
-            raise _bad(where, "expected an object")
-        for k in ("name", "dtype", "shape"):
-            if k not in d:
-                raise _bad(where, f"missing {k!r}")
+        _object(d, where, ("name", "dtype", "shape"))
         if not isinstance(d["name"], str) or not d["name"]:
             raise _bad(f"{where}.name", "expected a non-empty string")
         if not isinstance(d["dtype"], str) or not d["dtype"]:
@@ -142,11 +153,7 @@ class GraphSpec:
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> GraphSpec:
-        if not isinstance(d, dict):
-            raise _bad(where, "expected an object")
-        for k in ("file", "exporter", "inputs", "outputs"):
-            if k not in d:
-                raise _bad(where, f"missing {k!r}")
+        _object(d, where, ("file", "exporter", "inputs", "outputs"))
         if d["exporter"] not in EXPORTERS:
             raise _bad(f"{where}.exporter", f"{d['exporter']!r} is not one of {EXPORTERS}")
         note = d.get("note")
@@ -197,11 +204,7 @@ class Variant:
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> Variant:
-        if not isinstance(d, dict):
-            raise _bad(where, "expected an object")
-        for k in ("dir", "graphs"):
-            if k not in d:
-                raise _bad(where, f"missing {k!r}")
+        _object(d, where, ("dir", "graphs"))
         return cls(relpath(d["dir"], f"{where}.dir"), _graphs(d["graphs"], f"{where}.graphs"),
                    {k: v for k, v in d.items() if k not in ("dir", "graphs")})
 
@@ -232,11 +235,7 @@ class TargetBuild:
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> TargetBuild:
-        if not isinstance(d, dict):
-            raise _bad(where, "expected an object")
-        for k in ("soc", "precision", "gears", "graphs"):
-            if k not in d:
-                raise _bad(where, f"missing {k!r}")
+        _object(d, where, ("soc", "precision", "gears", "graphs"))
         gears = d["gears"]
         if not isinstance(gears, list) or not gears or not all(_is_int(g) and g >= 1 for g in gears):
             raise _bad(f"{where}.gears", f"expected positive ints, got {gears!r}")
@@ -386,7 +385,7 @@ class Manifest:
         files = _typed(d, "files", dict)
         for rel, digest in files.items():
             relpath(rel, "files")
-            if not isinstance(digest, str) or not _HEX64.match(digest):
+            if not is_sha256(digest):
                 raise _bad(f"files[{rel!r}]", "expected a sha256 hex digest")
         raw_variants = d.get("variants") or {}
         if not isinstance(raw_variants, dict):
