@@ -364,7 +364,7 @@ def _environment() -> dict[str, Any]:
 def run_bench(bundle, spec: BenchSpec | None = None,
               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Measure ``spec`` on ``bundle`` (a Bundle or a bundle directory); the report as a dict."""
-    from .registry import get_backend, resolve_backend_variant, split_backend
+    from .registry import get_backend, precision_option, resolve_backend_variant, split_backend
 
     spec = spec or BenchSpec()
     say = progress or (lambda msg: None)
@@ -394,10 +394,7 @@ def run_bench(bundle, spec: BenchSpec | None = None,
     for name in spec.backends:  # BACKEND[:VARIANT]; rows keep the spec as their "backend"
         kind, variant = split_backend(name)
         precision = resolve_backend_variant(kind, bundle, variant)
-        precision = None if precision == bundle.precisions[0] and kind != "ascend" else precision
-        options = dict(spec.options.get(name, {}))
-        if precision is not None:
-            options["precision"] = precision
+        options = {**spec.options.get(name, {}), **precision_option(kind, bundle, precision)}
         if spec.threads:
             options.setdefault("threads", spec.threads)
         say(f"loading {name}")

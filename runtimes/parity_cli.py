@@ -24,10 +24,9 @@ def parse_backend(spec: str, bundle=None) -> tuple[str, str]:
 
 
 def _open(name: str, precision: str, bundle):
-    from .registry import get_backend
+    from .registry import get_backend, precision_option
 
-    options = {"precision": precision} if precision != bundle.precisions[0] or name == "onnxruntime" else {}
-    return get_backend(name, bundle, **options)
+    return get_backend(name, bundle, **precision_option(name, bundle, precision))
 
 
 @click.command("parity", short_help="Compare two backends on held-out requests (exit 1 on a breach).")

@@ -77,6 +77,16 @@ def resolve_backend_variant(name: str, bundle: Bundle, variant: str | None) -> s
     return resolve_variant(bundle, variant) or bundle.precisions[0]
 
 
+def precision_option(name: str, bundle: Bundle, precision: str) -> dict[str, str]:
+    """The keyword that opens backend ``name`` at ``precision`` (``resolve_backend_variant``'s
+    answer): passed to any backend that takes a ``precision``; left out at the bundle's base
+    precision for one that does not (torch serves model.pt), so the one rule serves run,
+    parity and bench alike."""
+    if precision == bundle.precisions[0] and "precision" not in inspect.signature(_resolve(name)).parameters:
+        return {}
+    return {"precision": precision}
+
+
 def register_backend(name: str, factory: Callable[..., Backend] | str) -> None:
     """Make ``get_backend(name, ...)`` call ``factory(bundle, **options)``; replaces a previous one."""
     _REGISTRY[name] = factory
