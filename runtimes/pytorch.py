@@ -49,6 +49,20 @@ def torch_device(device: str):
     return torch.device(device)
 
 
+def _check_cpp_compiler() -> None:
+    """MissingBackend now, rather than an InductorError on the first request, when torch.compile
+    on CPU finds no C++ compiler (inductor builds its kernels with one: g++, or $CXX)."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # a private helper; if it moves, the first compile says it instead
+        return
+    try:
+        get_cpp_compiler()
+    except Exception as e:  # noqa: BLE001 - InvalidCxxCompiler, whose module moves between releases
+        raise MissingBackend(f"torch.compile on CPU needs a C++ compiler ({type(e).__name__}: {e}); "
+                             "install g++ (apt-get install g++) or point $CXX at one") from None
+
+
 class TorchState(State):
     def __init__(self, cache):
         self.cache = cache  # tuple of (B, ...) tensors on the backend's device
@@ -58,11 +72,13 @@ class TorchBackend(BackendBase):
     """Eager reference backend over a bundle (its source checkpoint) or a checkpoint file."""
 
     name = "torch"
+    _compiled_gears = 0  # batch gears of every compiled backend in this process (``_compile``)
 
     def __init__(self, source: Bundle | str | os.PathLike[str], *, device: str = "cpu",
                  threads: int | None = None, topk: int | None = None, step_topk: int | None = None,
                  max_exclude: int | None = None,
-                 rank_candidates: int | None = None, batch_gears: tuple[int, ...] | None = None):
+                 rank_candidates: int | None = None, batch_gears: tuple[int, ...] | None = None,
+                 compile: bool = False):
         import torch
 
         from genrec.checkpoint import load_checkpoint
@@ -101,6 +117,35 @@ class TorchBackend(BackendBase):
         super().__init__(dims, id_map, ckpt.path)
         self.device = torch_device(device)
         self.model = ckpt.model.to(self.device).eval()
+        # compile=True: the model's prefill + head and step + head through torch.compile
+        # (inductor, default mode, static shapes: one compilation per batch gear, on first use).
+        # The contender a user would pick instead of an exported graph; benchmarks compare
+        # against it (benchmarks/peers_bench.py, genrec bench --backends torch.compile).
+        self.compiled = bool(compile)
+        self._prefill_fn, self._step_fn = self._prefill_head, self._step_head
+        if compile:
+            self._prefill_fn, self._step_fn = self._compile(self._prefill_head, self._step_head)
+
+    def _compile(self, *fns):
+        """``torch.compile(fn, dynamic=False)`` of each of ``fns``, after making sure it can
+        compile and that one version per batch gear does not run into dynamo's recompile limit.
+
+        Dynamo keeps at most ``cache_size_limit`` (8) compiled versions of a function and runs
+        it eagerly past that, with only a logged warning: the yardstick would quietly become
+        eager torch. The versions are counted per code object for the whole process, not per
+        backend (the guards check the model's type, not its identity, so two backends with
+        equal shapes share versions), and with static shapes each batch gear of each bundle
+        shape is one version. One bundle with the default gears needs 4; a benchmark opening
+        a bundle per history length (``peers_bench.py --lengths``) needs 4 per bundle. So the
+        limit is raised, never lowered, to the gears of every compiled backend created so far:
+        an upper bound (shared versions are counted twice), and a bound all the same."""
+        torch = self._torch
+        if self.device.type == "cpu":
+            _check_cpp_compiler()
+        TorchBackend._compiled_gears += len(self.dims.batch_gears)
+        config = torch._dynamo.config
+        config.cache_size_limit = max(config.cache_size_limit, TorchBackend._compiled_gears)
+        return tuple(torch.compile(fn, dynamic=False) for fn in fns)
 
     def item_vectors(self) -> np.ndarray:
         """The loaded model's own item vectors (no second read of the checkpoint)."""
@@ -112,27 +157,38 @@ class TorchBackend(BackendBase):
     def _t(self, a: np.ndarray | None):
         return None if a is None else self._torch.from_numpy(a).to(self.device, self._torch.long)
 
-    def _head(self, user, exclude_ids: np.ndarray, k: int) -> StepOutput:
-        ids, scores, log_z = self.model.score(user, self._t(exclude_ids), k)
+    @staticmethod
+    def _output(ids, scores, log_z, user) -> StepOutput:
         return StepOutput(ids.cpu().numpy(), scores.float().cpu().numpy(),
                           log_z.float().cpu().numpy(), user.float().cpu().numpy())
 
+    def _prefill_head(self, item_ids, lengths, timestamps, request_time, exclude_ids):
+        user, cache = self.model.prefill(item_ids, lengths, timestamps, request_time, capacity=self.dims.capacity)
+        return (*self.model.score(user, exclude_ids, self.dims.topk), user, cache)
+
+    def _step_head(self, new_item, position, timestamp, cache, exclude_ids):
+        user, cache = self.model.step(new_item, position, timestamp, cache)
+        return (*self.model.score(user, exclude_ids, self.dims.step_topk), user, cache)
+
     def _prefill(self, batch: PrefillBatch) -> tuple[StepOutput, State]:
         with self._torch.inference_mode():
-            user, cache = self.model.prefill(
+            *out, cache = self._prefill_fn(
                 self._t(batch.item_ids), self._t(batch.lengths), self._t(batch.timestamps),
-                self._t(batch.request_time), capacity=self.dims.capacity)
-            return self._head(user, batch.exclude_ids, self.dims.topk), TorchState(cache)
+                self._t(batch.request_time), self._t(batch.exclude_ids))
+            return self._output(*out), TorchState(cache)
 
     def _step(self, state: TorchState, new_item, position, timestamp, exclude_ids) -> StepOutput:
         with self._torch.inference_mode():
-            user, state.cache = self.model.step(self._t(new_item), self._t(position),
-                                                self._t(timestamp), state.cache)
-            return self._head(user, exclude_ids, self.dims.step_topk)
+            *out, state.cache = self._step_fn(self._t(new_item), self._t(position), self._t(timestamp),
+                                              state.cache, self._t(exclude_ids))
+            return self._output(*out)
 
     def _reorder(self, state: TorchState, index: np.ndarray) -> None:
         idx = self._t(index)
-        state.cache = tuple(c.index_select(0, idx) for c in state.cache)
+        # inference tensors like the ones prefill and step return (same values either way):
+        # a compiled step guards on that, and would compile each gear again after a beam reorder
+        with self._torch.inference_mode():
+            state.cache = tuple(c.index_select(0, idx) for c in state.cache)
 
     def _rank(self, state: TorchState, candidates, position, timestamp) -> np.ndarray:
         with self._torch.inference_mode():
@@ -142,3 +198,16 @@ class TorchBackend(BackendBase):
 
     def _close(self) -> None:
         self.model = None
+
+
+class CompiledTorchBackend(TorchBackend):
+    """``torch.compile`` (inductor, default mode, ``dynamic=False``) of the model's prefill + head
+    and step + head: what a user would run instead of exporting, and so the yardstick of our
+    benchmarks (``genrec bench --backends onnxruntime,torch.compile``). Compilation happens on
+    the first call of each batch size (tens of seconds); benchmarks warm up first."""
+
+    name = "torch.compile"
+
+    def __init__(self, source: Bundle | str | os.PathLike[str], *, device: str = "cpu",
+                 threads: int | None = None):
+        super().__init__(source, device=device, threads=threads, compile=True)

@@ -30,8 +30,10 @@ ENTRY_POINT_GROUP = "genrec.backends"
 # name -> factory, or "module:attribute" imported on first use (keeps `import genrec` light)
 _REGISTRY: dict[str, Callable[..., Backend] | str] = {
     "torch": "genrec.runtimes.pytorch:TorchBackend",
+    "torch.compile": "genrec.runtimes.pytorch:CompiledTorchBackend",  # the benchmarks' yardstick
     "onnxruntime": "genrec.runtimes.onnxrt:OrtBackend",
     "ascend": "genrec.runtimes.ascend:AscendBackend",  # imports acl (pyACL) only when created
+    "openvino": "genrec.runtimes.openvino_backend:OpenVINOBackend",  # optional: pip install openvino
 }
 
 
