@@ -1,25 +1,54 @@
-"""Latency, throughput and memory of backends on one bundle, measured in one process.
+"""Latency, throughput and memory of backends on one or more bundles, measured in one process.
 
     from genrec.runtimes.bench import BenchSpec, run_bench
     report = run_bench("bundle/", BenchSpec(backends=("torch", "onnxruntime"), generate=10))
+    curve = run_bench(["b200/", "b512/", "b1024/", "b2048/"],        # one model exported at 4 T
+                      BenchSpec(backends=("onnxruntime", "torch.compile"), batch_sizes=(1, 16),
+                                history_lengths=None))              # None: each bundle's own T
 
-For every backend (in the order given), history length and batch size:
+Why rounds: this kind of shared VM drifts (the same sgemm measured 120-280 GFLOP/s within
+minutes), and timing backend A for a minute and then backend B measured the drift as much as
+A/B: under load the rows of a one-after-the-other bench swung 10-100x. So the backends take
+turns, as in ``benchmarks/serving_bench.py``. Per bundle, every backend of ``backends`` is
+opened first (load time and the resident set it adds, one backend at a time), then for every
+history length and batch size (a configuration) as below. Open side by side, they still run
+one call at a time, and an idle pool takes no cores from the next: onnxruntime's threads stop
+spinning the moment a graph returns (``onnxrt.py``).
 
-- ``recommend`` runs ``warmup`` times, then ``repeat`` timed times over ``batch`` requests;
-  every ``backend.prefill`` call inside is timed on its own (``prefill_ms``), the whole call
-  gives requests/s and the share of wall time spent outside the backend (the loop's own
-  Python: validation, padding, exclusions, results);
-- ``step_ms``: after one prefill, ``backend.step`` is called ``warmup + repeat`` times at the
-  first free cache slot (each call rewrites that slot: the same work as a decoding step);
-- with ``generate=N``: greedy slates of N items through ``generate``, slates/s;
-- ``memory``: the resident-set high-water mark during that configuration minus the resident
-  set just before it (Linux: VmHWM, reset through /proc/self/clear_refs; elsewhere the growth
-  of ``ru_maxrss``, which only shows new process-wide peaks). It covers everything the
-  process touches: numpy, torch and onnxruntime allocations alike.
+1. warm-up, untimed, backend after backend: one prefill for the step measurement, then
+   ``warmup`` runs of each measurement below. torch.compile and openvino compile on the first
+   call of each batch size (seconds to minutes), so with them ``warmup`` must be >= 1;
+2. ``rounds`` rounds: in each, every backend in turn runs every measurement ``repeat`` timed
+   times, and the median of each round is kept (``rounds_ms``):
 
-Each backend is opened, measured and closed before the next, so thread pools never compete;
-``speedup_vs_first`` divides the first backend's figures by each backend's (latencies) or
-each backend's by the first's (throughputs), per (batch, history) row: > 1 is faster.
+   - ``recommend`` over ``batch`` requests; every ``backend.prefill`` call inside is timed on
+     its own (``prefill_ms``); the time outside the backend is the loop's own Python
+     (validation, padding, exclusions, results): ``loop_share``;
+   - ``step_ms``: ``backend.step`` on the prefilled batch at the first free cache slot (each
+     call rewrites that slot: the same work as a decoding step);
+   - with ``generate=N``: greedy slates of N items through ``generate``;
+
+3. memory: one more untimed call per backend (``recommend``, and ``generate`` if asked),
+   after the rounds so that the page-table walks of the peak reset never land in a timed
+   run: the resident-set high-water mark during it minus the resident set just before
+   (Linux: VmHWM, reset through /proc/self/clear_refs; elsewhere the growth of
+   ``ru_maxrss``, which only shows new process-wide peaks). It covers everything the process
+   touches (numpy, torch, onnxruntime alike) above a warm process: an allocator that keeps
+   what it freed (onnxruntime's arena) shows only growth past what it already holds.
+
+Figures: throughputs (requests/s, slates/s, items/s) are the batch over the median over
+rounds of the per-round median call time; ``loop_share`` is the median over rounds;
+latency distributions (``prefill_ms``, ``step_ms``, ``call_ms``: p50, p99, mean, min, n) are
+over every timed call, with the per-round medians beside them. ``speedup_vs_first`` is, per
+row, the median over rounds of the per-round ratio to the first backend (first/this for
+latencies, this/first for rates: > 1 is faster), each round's ratio in ``speedup_rounds``;
+the two were timed seconds apart, so drift cancels. The p99 ratio is of the overall p99s (a
+round holds too few calls for a tail). The first backend's ratios are exactly 1.
+
+Several bundles (typically one model exported at several T) draw the curve against history
+length: each bundle is measured in turn (its backends opened, its configurations run in
+rounds, its backends closed), by default at its own full history length T; every row
+carries the bundle's ``T`` and path.
 
 Requests: histories of exactly the asked length, raw ids drawn from the bundle's id map
 (distinct items when the catalogue allows), increasing timestamps and a request time an
@@ -37,6 +66,7 @@ import platform
 import resource
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,10 +78,15 @@ from genrec.errors import ConfigError
 from .base import open_bundle
 from .batching import chunks, exclusions, gear, history_exclusions, pad, prefill_rows
 
-__all__ = ["BenchSpec", "MEMORY_METHOD", "check_plot_path", "parse_sizes", "plot_report", "report_table",
-           "run_bench", "synthetic_requests", "variant_info", "variant_summary", "variant_table"]
+__all__ = ["BenchSpec", "COMPILE_ON_FIRST_CALL", "MEMORY_METHOD", "check_plot_path", "parse_sizes",
+           "plot_report", "report_table", "run_bench", "synthetic_requests", "variant_info", "variant_summary",
+           "variant_table"]
 
 T0 = 1_600_000_000  # synthetic timestamps start here (unix seconds)
+
+
+# backends that compile on the first call of each batch size: that call must never be timed
+COMPILE_ON_FIRST_CALL = ("torch.compile", "openvino")
 
 
 @dataclass
@@ -60,10 +95,11 @@ class BenchSpec:
 
     backends: tuple[str, ...] = ("torch", "onnxruntime")
     batch_sizes: tuple[int, ...] = (1, 8, 64)
-    history_lengths: tuple[int, ...] = (50, 200)
+    history_lengths: tuple[int, ...] | None = (50, 200)  # None: each bundle's own T
     generate: int | None = None  # slate length for the generation measurement (None: skip)
-    repeat: int = 10  # timed runs per measurement
-    warmup: int = 2  # untimed runs before them
+    repeat: int = 10  # timed runs per backend per round (the round keeps their median)
+    warmup: int = 2  # untimed runs before the rounds
+    rounds: int = 5  # rounds in which the backends take turns
     threads: int | None = None  # CPU threads for every backend (None: each backend's default)
     k: int = 10  # items per recommendation
     seed: int = 0
@@ -80,11 +116,20 @@ class BenchSpec:
         unknown = [b for b in self.backends if split_backend(b)[0] not in available_backends()]
         if unknown:
             raise ConfigError(f"unknown backend {unknown[0]!r}; available: {', '.join(available_backends())}")
-        for what, values in (("batch sizes", self.batch_sizes), ("history lengths", self.history_lengths)):
+        sizes = [("batch sizes", self.batch_sizes)]
+        if self.history_lengths is not None:
+            sizes.append(("history lengths", self.history_lengths))
+        for what, values in sizes:
             if not values or min(values) < 1:
                 raise ConfigError(f"{what} must be positive integers, got {list(values)}")
-        if self.repeat < 1 or self.warmup < 0:
-            raise ConfigError(f"repeat must be >= 1 and warmup >= 0, got {self.repeat} and {self.warmup}")
+        for what, value, least in (("repeat", self.repeat, 1), ("rounds", self.rounds, 1),
+                                   ("warmup", self.warmup, 0)):
+            if value < least:
+                raise ConfigError(f"{what} must be >= {least}, got {value}")
+        lazy = [b for b in self.backends if self.compiles_on_first_call(b)]
+        if lazy and self.warmup < 1:
+            raise ConfigError(f"warmup must be >= 1 with {lazy[0]}: it compiles on the first call of each "
+                              "batch size, which must not be timed")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
         if not 1 <= self.k <= dims.topk:
@@ -93,6 +138,18 @@ class BenchSpec:
         if self.generate is not None and not 1 <= self.generate <= room:
             raise ConfigError(f"generate={self.generate} must be in 1..{room}: the bundle's cache holds "
                               f"{room} generated items after T={dims.max_history}")
+
+    def compiles_on_first_call(self, name: str) -> bool:
+        """Whether backend spec ``name`` (BACKEND[:VARIANT]) compiles per batch size on first use:
+        torch.compile, openvino, or torch given ``compile=True``."""
+        from .registry import split_backend
+
+        kind = split_backend(name)[0]
+        return kind in COMPILE_ON_FIRST_CALL or bool(self.options.get(name, {}).get("compile"))
+
+    def lengths_for(self, dims) -> tuple[int, ...]:
+        """The history lengths measured on a bundle: those asked, else the bundle's full T."""
+        return tuple(self.history_lengths) if self.history_lengths is not None else (dims.max_history,)
 
 
 def parse_sizes(text: str, what: str) -> tuple[int, ...]:
@@ -178,12 +235,16 @@ def _can_reset_peak() -> bool:
 
 
 _RESET_PEAK = _can_reset_peak()
+_MEMORY_CALL = ("one untimed recommend (and generate) call per backend after the timed rounds, above a warm "
+                "process (an allocator that keeps what it freed, as onnxruntime's arena does, shows only growth "
+                "past what it holds)")
 MEMORY_METHOD = (
     "peak resident set (VmHWM, reset through /proc/self/clear_refs before each measurement) minus the "
-    "resident set just before it: host memory of the whole process (numpy, torch, onnxruntime)"
+    "resident set just before it, over " + _MEMORY_CALL + ": host memory of the whole process (numpy, "
+    "torch, onnxruntime)"
     if _RESET_PEAK else
-    "growth of the process's peak resident set (getrusage ru_maxrss) during each measurement: "
-    "host memory of the whole process; only new process-wide peaks show, so later rows may read 0")
+    "growth of the process's peak resident set (getrusage ru_maxrss) over " + _MEMORY_CALL + ": host memory "
+    "of the whole process; only new process-wide peaks show, so later rows may read 0")
 
 
 class _PeakRSS:
@@ -260,8 +321,13 @@ def time_runs(fn: Callable[[], Any], warmup: int, repeat: int, timer: BackendTim
     return walls, (timer.total() if timer else 0.0)
 
 
-def _step_probe(backend, requests, spec: BenchSpec, timer: BackendTimer) -> list[float]:
-    """Seconds of ``warmup + repeat`` step calls (the warm-up ones dropped) on one prefilled batch."""
+def _med(xs: Sequence[float]) -> float:
+    return float(np.median(xs))
+
+
+def _step_inputs(backend, requests: list) -> tuple:
+    """Arguments of ``backend.step`` after one prefill of ``requests`` (at most the largest gear):
+    the first free cache slot, any valid item; every call rewrites that slot."""
     from .decoding import prepare
 
     rows = prepare(backend, requests[:max(backend.batch_gears)])
@@ -269,36 +335,109 @@ def _step_probe(backend, requests, spec: BenchSpec, timer: BackendTimer) -> list
     b = prefill_rows(backend, rows, excl)
     g = b.state.batch
     new_item = pad(np.maximum(b.out.topk_ids[:len(rows), 0], 1), g)  # any valid id
-    position, req_time, excl = pad(b.lengths, g), pad(b.request_time, g), pad(excl, g)
-    timer.clear()
-    for _ in range(spec.warmup + spec.repeat):
-        backend.step(b.state, new_item, position, req_time, excl)
-    return timer.times["step"][spec.warmup:]
+    return b.state, new_item, pad(b.lengths, g), pad(b.request_time, g), pad(excl, g)
 
 
-def _measure(backend, requests: list, batch: int, spec: BenchSpec, timer: BackendTimer) -> dict[str, Any]:
-    from .decoding import SearchParams, generate, recommend
+class _Probe:
+    """One backend's runs at one configuration: warm-up, timed runs round by round (each call's
+    seconds kept, the medians taken in ``row``), and the untimed memory call."""
 
-    row: dict[str, Any] = {}
-    with _PeakRSS() as mem:
-        walls, inside = time_runs(lambda: recommend(backend, requests, spec.k, batch_size=batch),
-                                spec.warmup, spec.repeat, timer)
-        row["prefill_ms"] = _stats(timer.times["prefill"])
-        row["recommend"] = {"requests_per_s": batch * spec.repeat / sum(walls),
-                            "call_ms": _stats(walls),
-                            "loop_share": max(0.0, 1 - inside / sum(walls))}
-        row["step_ms"] = _stats(_step_probe(backend, requests, spec, timer))
-        if spec.generate:
-            params = SearchParams("greedy")
-            walls, inside = time_runs(lambda: generate(backend, requests, spec.generate, params,
-                                                     batch_size=batch), spec.warmup, spec.repeat, timer)
-            row["generate"] = {"steps": spec.generate,
-                               "slates_per_s": batch * spec.repeat / sum(walls),
-                               "items_per_s": batch * spec.generate * spec.repeat / sum(walls),
-                               "call_ms": _stats(walls),
-                               "loop_share": max(0.0, 1 - inside / sum(walls))}
-    row["memory"] = {"peak_rss_delta_mb": mem.mb}
-    return row
+    def __init__(self, backend, timer: BackendTimer, requests: list, batch: int, spec: BenchSpec):
+        self.backend, self.timer, self.requests, self.batch, self.spec = backend, timer, requests, batch, spec
+        self.walls: dict[str, list[list[float]]] = {kind: [] for kind in _kinds(spec)}  # per round, per call
+        self.inside: dict[str, list[float]] = {kind: [] for kind in _kinds(spec)}  # per round, in the backend
+        self.prefill: list[list[float]] = []  # per round, every prefill call inside recommend
+        self._step_args: tuple | None = None
+
+    def _run(self, kind: str) -> None:
+        from .decoding import SearchParams, generate, recommend
+
+        if kind == "recommend":
+            recommend(self.backend, self.requests, self.spec.k, batch_size=self.batch)
+        elif kind == "step":
+            self.backend.step(*self._step_args)
+        else:
+            generate(self.backend, self.requests, self.spec.generate, SearchParams("greedy"), batch_size=self.batch)
+
+    def warm_up(self) -> None:
+        """Untimed: the step measurement's prefill, then ``warmup`` runs of each kind (the first
+        call of a batch size is where torch.compile and openvino compile)."""
+        self._step_args = _step_inputs(self.backend, self.requests)
+        for kind in self.walls:
+            for _ in range(self.spec.warmup):
+                self._run(kind)
+
+    def timed(self, kind: str) -> None:
+        """This round's ``repeat`` timed runs of ``kind``."""
+        walls, inside, prefill = [], 0.0, []
+        for _ in range(self.spec.repeat):
+            self.timer.clear()
+            t0 = time.perf_counter()
+            self._run(kind)
+            walls.append(time.perf_counter() - t0)
+            inside += self.timer.total()
+            prefill += self.timer.times["prefill"]
+        self.walls[kind].append(walls)
+        self.inside[kind].append(inside)
+        if kind == "recommend":
+            self.prefill.append(prefill)
+
+    def memory_mb(self) -> float:
+        """Peak resident-set growth of one more recommend (and generate) call, after the rounds."""
+        self._step_args = None  # the step measurement's cache is no part of a served call
+        with _PeakRSS() as mem:
+            self._run("recommend")
+            if self.spec.generate:
+                self._run("generate")
+        return mem.mb
+
+    def _rounds_s(self, kind: str) -> list[float]:
+        return [_med(w) for w in self.walls[kind]]
+
+    def _calls(self, kind: str) -> dict[str, Any]:
+        """Every timed call's distribution, the median of each round (ms) and the loop's share."""
+        flat = [x for w in self.walls[kind] for x in w]
+        share = [max(0.0, 1 - i / sum(w)) for w, i in zip(self.walls[kind], self.inside[kind])]
+        return {"call_ms": _stats(flat), "rounds_ms": [x * 1e3 for x in self._rounds_s(kind)],
+                "loop_share": _med(share)}
+
+    def row(self) -> dict[str, Any]:
+        """The figures of this configuration (module docstring: medians over rounds)."""
+        n, rec = self.batch, self._calls("recommend")
+        row: dict[str, Any] = {
+            "prefill_ms": {**_stats([x for p in self.prefill for x in p]),
+                           "rounds_ms": [_med(p) * 1e3 for p in self.prefill]},
+            "recommend": {"requests_per_s": n / _med(self._rounds_s("recommend")), **rec},
+            "step_ms": {**_stats([x for w in self.walls["step"] for x in w]),
+                        "rounds_ms": [x * 1e3 for x in self._rounds_s("step")]}}
+        if self.spec.generate:
+            slates = n / _med(self._rounds_s("generate"))
+            row["generate"] = {"steps": self.spec.generate, "slates_per_s": slates,
+                               "items_per_s": slates * self.spec.generate, **self._calls("generate")}
+        return row
+
+
+def _kinds(spec: BenchSpec) -> tuple[str, ...]:
+    return ("recommend", "step", *(("generate",) if spec.generate else ()))
+
+
+def _measure_in_rounds(probes: dict[str, _Probe], spec: BenchSpec) -> dict[str, dict[str, Any]]:
+    """Warm every backend up, then ``spec.rounds`` rounds in which the backends take turns at
+    each kind of run (the order rotated every round, so that none always follows the same
+    one), then the memory calls; the rows of this configuration, by backend spec."""
+    for p in probes.values():
+        p.warm_up()
+    order = list(probes.values())
+    for r in range(spec.rounds):
+        turn = order[r % len(order):] + order[:r % len(order)]
+        for kind in _kinds(spec):
+            for p in turn:
+                p.timed(kind)
+    rows = {name: p.row() for name, p in probes.items()}
+    for name, p in probes.items():
+        rows[name]["memory"] = {"peak_rss_delta_mb": p.memory_mb()}
+    _speedups(rows, spec.backends[0])
+    return rows
 
 
 def variant_info(bundle, precision: str | None) -> dict[str, Any]:
@@ -328,20 +467,29 @@ def _ratio(num: float, den: float) -> float | None:
     return num / den if den > 0 else None
 
 
-def _speedups(results: list[dict[str, Any]], first: str) -> None:
-    """Add ``speedup_vs_first`` to every row: first/this for latencies, this/first for rates."""
-    base = {(r["batch"], r["history"]): r for r in results if r["backend"] == first}
-    for r in results:
-        b = base.get((r["batch"], r["history"]))
-        if b is None:
-            continue
-        s = {"prefill_p50": _ratio(b["prefill_ms"]["p50"], r["prefill_ms"]["p50"]),
-             "prefill_p99": _ratio(b["prefill_ms"]["p99"], r["prefill_ms"]["p99"]),
-             "step_p50": _ratio(b["step_ms"]["p50"], r["step_ms"]["p50"]),
-             "recommend_rps": _ratio(r["recommend"]["requests_per_s"], b["recommend"]["requests_per_s"])}
-        if "generate" in r and "generate" in b:
-            s["generate_rps"] = _ratio(r["generate"]["slates_per_s"], b["generate"]["slates_per_s"])
-        r["speedup_vs_first"] = s
+def _round_ratios(num: Sequence[float], den: Sequence[float]) -> list[float | None]:
+    return [_ratio(a, b) for a, b in zip(num, den)]
+
+
+def _median_ratio(ratios: Sequence[float | None]) -> float | None:
+    return None if not ratios or any(r is None for r in ratios) else _med(ratios)
+
+
+def _speedups(rows: dict[str, dict[str, Any]], first: str) -> None:
+    """Add ``speedup_vs_first`` and ``speedup_rounds`` to the rows of one configuration: per
+    round the first backend's time over this one's (first/this for latencies, this/first for
+    rates: > 1 is faster), and the median over rounds; prefill p99 from the overall p99s."""
+    base = rows[first]
+    paired = {"prefill_p50": ("prefill_ms", "rounds_ms"), "step_p50": ("step_ms", "rounds_ms"),
+              "recommend_rps": ("recommend", "rounds_ms"), "generate_rps": ("generate", "rounds_ms")}
+    for r in rows.values():
+        per_round = {key: _round_ratios(base[part][field_], r[part][field_])
+                     for key, (part, field_) in paired.items() if part in r and part in base}
+        s = {key: _median_ratio(v) for key, v in per_round.items()}
+        s["prefill_p99"] = _ratio(base["prefill_ms"]["p99"], r["prefill_ms"]["p99"])
+        r["speedup_vs_first"] = {key: s[key] for key in ("prefill_p50", "prefill_p99", "step_p50",
+                                                          "recommend_rps", "generate_rps") if key in s}
+        r["speedup_rounds"] = per_round
 
 
 def _environment() -> dict[str, Any]:
@@ -350,7 +498,7 @@ def _environment() -> dict[str, Any]:
     from .onnxrt import physical_cores
 
     versions = {}
-    for pkg in ("genrec-deploy", "numpy", "torch", "onnxruntime"):
+    for pkg in ("genrec-deploy", "numpy", "torch", "onnxruntime", "openvino"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -361,36 +509,46 @@ def _environment() -> dict[str, Any]:
             "versions": versions}
 
 
-def run_bench(bundle, spec: BenchSpec | None = None,
-              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Measure ``spec`` on ``bundle`` (a Bundle or a bundle directory); the report as a dict."""
-    from .registry import get_backend, precision_option, resolve_backend_variant, split_backend
+def _dims(bundle) -> dict[str, Any]:
+    d = bundle.dims
+    return {"T": d.max_history, "C": d.capacity, "topk": d.topk, "max_exclude": d.max_exclude,
+            "batch_gears": list(d.batch_gears), "num_items": d.num_items, "precision": bundle.precisions[0],
+            "digest": bundle.digest}
 
-    spec = spec or BenchSpec()
-    say = progress or (lambda msg: None)
-    bundle = open_bundle(bundle)
-    dims = bundle.dims
-    spec.check(dims)
-    for name in spec.backends:  # an unknown or ambiguous variant fails before any measuring
+
+def _check(bundle, spec: BenchSpec) -> None:
+    """Everything that can be refused on ``bundle`` (a bad size, an unknown, ambiguous or
+    unloadable backend or variant), before anything is loaded or measured."""
+    from .registry import resolve_backend_variant, split_backend
+
+    spec.check(bundle.dims)
+    for name in spec.backends:
         resolve_backend_variant(split_backend(name)[0], bundle, split_backend(name)[1])
+
+
+def _request_sets(bundle, spec: BenchSpec, lengths: Sequence[int]) -> dict[tuple[int, int], tuple[list, int]]:
+    """(history length, batch) -> (requests, how many synthetic), built once for every backend."""
     real = None
     if spec.data:
         from genrec.data import ItemMap
 
-        real = _real_histories(spec.data, ItemMap.from_list(bundle.id_map), min(spec.history_lengths))
-    env = _environment()
-    report: dict[str, Any] = {
-        "bundle": str(bundle.path), "arch": dims.arch,
-        "dims": {"T": dims.max_history, "C": dims.capacity, "topk": dims.topk,
-                 "max_exclude": dims.max_exclude, "batch_gears": list(dims.batch_gears),
-                 "num_items": dims.num_items, "precision": bundle.precisions[0], "digest": bundle.digest},
-        "settings": {k: v for k, v in asdict(spec).items() if k != "options"},
-        "environment": env, "memory_method": MEMORY_METHOD, "backends": {}, "results": []}
+        real = _real_histories(spec.data, ItemMap.from_list(bundle.id_map), min(lengths))
     sets = {}
-    for length in spec.history_lengths:
+    for length in lengths:
         for batch in spec.batch_sizes:
             usable = [h for h in real if h[0].size >= length] if real else None
             sets[length, batch] = synthetic_requests(bundle.id_map, batch, length, spec.seed, usable)
+    return sets
+
+
+def _open_backends(bundle, spec: BenchSpec, stack: ExitStack, say: Callable[[str], None]
+                   ) -> tuple[dict[str, tuple[Any, BackendTimer]], dict[str, dict[str, Any]]]:
+    """Every backend of ``spec`` on ``bundle``, one after the other so that each one's load time
+    and resident set are its own; closed (timers removed first) when ``stack`` unwinds, also
+    when a later one fails to open. ({spec: (backend, timer)}, {spec: load info})."""
+    from .registry import get_backend, precision_option, resolve_backend_variant, split_backend
+
+    opened, infos = {}, {}
     for name in spec.backends:  # BACKEND[:VARIANT]; rows keep the spec as their "backend"
         kind, variant = split_backend(name)
         precision = resolve_backend_variant(kind, bundle, variant)
@@ -402,31 +560,79 @@ def run_bench(bundle, spec: BenchSpec | None = None,
             t0 = time.perf_counter()
             backend = get_backend(kind, bundle, **options)
             load_s = time.perf_counter() - t0
-        info = {"load_s": load_s, "load_rss_mb": mem.mb, "options": options,
-                **variant_info(bundle, precision)}
-        if getattr(backend, "intra_op_threads", None):
-            info["threads"] = backend.intra_op_threads
-        elif name == "torch":
-            import torch
-
-            info["threads"] = torch.get_num_threads()
-        report["backends"][name] = info
+        stack.callback(backend.close)
         timer = BackendTimer(backend)
-        try:
-            for length in spec.history_lengths:
-                for batch in spec.batch_sizes:
-                    say(f"{name}: batch {batch}, history {length}")
-                    requests, synthetic = sets[length, batch]
-                    row = {"backend": name, "batch": batch, "history": length,
-                           "gears": sorted({gear(backend, len(c)) for _, c in chunks(backend, requests, batch)}),
-                           "synthetic_requests": synthetic}
-                    row.update(_measure(backend, requests, batch, spec, timer))
-                    report["results"].append(row)
-        finally:
-            timer.remove()
-            backend.close()
+        stack.callback(timer.remove)
+        info = {"load_s": load_s, "load_rss_mb": mem.mb, "options": options, **variant_info(bundle, precision)}
+        threads = _threads(kind, backend)
+        if threads:
+            info["threads"] = threads
+        opened[name], infos[name] = (backend, timer), info
+    return opened, infos
+
+
+def _threads(kind: str, backend) -> int | None:
+    if getattr(backend, "intra_op_threads", None):
+        return backend.intra_op_threads
+    if kind in ("torch", "torch.compile"):
+        import torch
+
+        return torch.get_num_threads()
+    return getattr(backend, "threads", None)
+
+
+def _bench_bundle(bundle, spec: BenchSpec, say: Callable[[str], None]
+                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Open every backend on ``bundle``, measure each configuration in rounds, close them all;
+    (the bundle's entry of ``report["bundles"]``, its rows: by backend, history, batch)."""
+    t, lengths = bundle.dims.max_history, spec.lengths_for(bundle.dims)
+    sets = _request_sets(bundle, spec, lengths)
+    rows = []
+    with ExitStack() as stack:
+        opened, infos = _open_backends(bundle, spec, stack, say)
+        for length in lengths:
+            for batch in spec.batch_sizes:
+                say(f"T={t}: batch {batch}, history {length}, {spec.rounds} rounds of {', '.join(spec.backends)}")
+                requests, synthetic = sets[length, batch]
+                probes = {name: _Probe(be, timer, requests, batch, spec) for name, (be, timer) in opened.items()}
+                for name, row in _measure_in_rounds(probes, spec).items():
+                    be = opened[name][0]
+                    rows.append({"backend": name, "bundle": str(bundle.path), "T": t, "batch": batch,
+                                 "history": length,
+                                 "gears": sorted({gear(be, len(c)) for _, c in chunks(be, requests, batch)}),
+                                 "synthetic_requests": synthetic, **row})
+    order = {name: i for i, name in enumerate(spec.backends)}
+    rows.sort(key=lambda r: order[r["backend"]])  # stable: history then batch within a backend
+    entry = {"path": str(bundle.path), "digest": bundle.digest, "dims": _dims(bundle), "backends": infos}
+    return entry, rows
+
+
+def run_bench(bundle, spec: BenchSpec | None = None,
+              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure ``spec`` on ``bundle``, the report as a dict. ``bundle``: a Bundle or a bundle
+    directory, or a list or tuple of them (the curve against T: each measured in turn, by
+    default at its own T). ``report["dims"]``, ``["arch"]``, ``["backends"]`` are the first
+    bundle's; ``report["bundles"]`` has every bundle's path, digest, dims and backends."""
+    spec = spec or BenchSpec()
+    say = progress or (lambda msg: None)
+    bundles = [open_bundle(b) for b in (bundle if isinstance(bundle, (list, tuple)) else [bundle])]
+    if not bundles:
+        raise ConfigError("no bundles to benchmark")
+    for b in bundles:  # refuse anything before the first minute of measuring
+        _check(b, spec)
+    first = bundles[0]
+    report: dict[str, Any] = {
+        "bundle": str(first.path), "arch": first.dims.arch, "dims": _dims(first), "bundles": [],
+        "settings": {k: v for k, v in asdict(spec).items() if k != "options"},
+        "environment": _environment(), "memory_method": MEMORY_METHOD, "backends": {}, "results": []}
+    for b in bundles:
+        if len(bundles) > 1:
+            say(f"bundle {b.path} (T={b.dims.max_history})")
+        entry, rows = _bench_bundle(b, spec, say)
+        report["bundles"].append(entry)
+        report["results"] += rows
+    report["backends"] = report["bundles"][0]["backends"]
     report["environment"]["load_average_after"] = list(os.getloadavg())
-    _speedups(report["results"], spec.backends[0])
     return report
 
 
@@ -446,15 +652,18 @@ def report_table(report: dict[str, Any]):
 
     gen = any("generate" in r for r in report["results"])
     first = report["settings"]["backends"][0]
-    t = Table(title=f"genrec bench: {report['arch']} T={report['dims']['T']} "
-                    f"gears={report['dims']['batch_gears']} (speedups vs {first})")
-    for col in ("backend", "batch", "hist", "prefill p50/p99 ms", "step p50/p99 ms", "rec/s",
-                *(["slates/s"] if gen else []), "loop %", "peak MB", "prefill ×", "rec/s ×",
+    ts = [b["dims"]["T"] for b in report.get("bundles", [])] or [report["dims"]["T"]]
+    curve = len(ts) > 1
+    t = Table(title=f"genrec bench: {report['arch']} T={','.join(map(str, ts))} "
+                    f"gears={report['dims']['batch_gears']}, {report['settings'].get('rounds', 1)} rounds "
+                    f"(speedups vs {first}: median of per-round ratios)")
+    for col in ("backend", *(["T"] if curve else []), "batch", "hist", "prefill p50/p99 ms", "step p50/p99 ms",
+                "rec/s", *(["slates/s"] if gen else []), "loop %", "peak MB", "prefill ×", "rec/s ×",
                 *(["slates/s ×"] if gen else [])):
         t.add_column(col, justify="left" if col == "backend" else "right")
     for r in report["results"]:
         s = r.get("speedup_vs_first", {})
-        cells = [r["backend"], str(r["batch"]), str(r["history"]),
+        cells = [r["backend"], *([str(r["T"])] if curve else []), str(r["batch"]), str(r["history"]),
                  f"{_fmt(r['prefill_ms']['p50'])} / {_fmt(r['prefill_ms']['p99'])}",
                  f"{_fmt(r['step_ms']['p50'])} / {_fmt(r['step_ms']['p99'])}",
                  _fmt(r["recommend"]["requests_per_s"], 1)]
@@ -470,26 +679,27 @@ def report_table(report: dict[str, Any]):
 
 def variant_summary(report: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per backend spec: size, and against the first spec at the largest and smallest
-    batch (longest history) the recommend throughput ratio and the batch latency ratio
-    (first's p50 / this p50: > 1 is faster), plus the gate's accuracy deltas where recorded."""
+    batch (longest history; of several bundles, the longest T) the recommend throughput ratio
+    and the batch latency ratio (both the median over rounds of the first's call time over this
+    one's: > 1 is faster), plus the gate's accuracy deltas where recorded."""
     rows = report["results"]
     if not rows:
         return []
-    hist = max(r["history"] for r in rows)
+    top = max((r.get("T", 0), r["history"]) for r in rows)  # several bundles: the longest T's rows
+    rows = [r for r in rows if (r.get("T", 0), r["history"]) == top]
+    backends = next((b["backends"] for b in report.get("bundles", []) if b["dims"]["T"] == top[0]),
+                    report["backends"])
     big, small = max(r["batch"] for r in rows), min(r["batch"] for r in rows)
     first = report["settings"]["backends"][0]
-    base = report["backends"][first]["model_bytes"] if "model_bytes" in report["backends"][first] else None
+    base = backends[first]["model_bytes"] if "model_bytes" in backends[first] else None
     out = []
-    for name, info in report["backends"].items():
-        mine = {r["batch"]: r for r in rows if r["backend"] == name and r["history"] == hist}
-        ref = {r["batch"]: r for r in rows if r["backend"] == first and r["history"] == hist}
-        lat = (_ratio(ref[small]["recommend"]["call_ms"]["p50"], mine[small]["recommend"]["call_ms"]["p50"])
-               if small in mine and small in ref else None)
+    for name, info in backends.items():
+        mine = {r["batch"]: r.get("speedup_vs_first", {}) for r in rows if r["backend"] == name}
         acc = info.get("accuracy_vs_fp32", {})
         out.append({"backend": name, "precision": info.get("precision"), "model_bytes": info.get("model_bytes"),
                     "size_ratio": _ratio(info.get("model_bytes") or 0, base) if base else None,
-                    f"throughput_ratio_b{big}": mine.get(big, {}).get("speedup_vs_first", {}).get("recommend_rps"),
-                    f"latency_ratio_b{small}": lat,
+                    f"throughput_ratio_b{big}": mine.get(big, {}).get("recommend_rps"),
+                    f"latency_ratio_b{small}": mine.get(small, {}).get("recommend_rps"),
                     "NDCG@10_delta": acc.get("NDCG@10_delta"), "HR@10_delta": acc.get("HR@10_delta"),
                     "ndcg_relative_loss": acc.get("ndcg_relative_loss"),
                     "excluded_groups": acc.get("excluded_groups")})
@@ -537,7 +747,10 @@ def check_plot_path(path: str | os.PathLike[str]) -> str:
 
 
 def plot_report(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """Recommendations/s against batch size and prefill p50 against history length, per backend."""
+    """One bundle: recommendations/s against batch size and prefill p50 against history length,
+    per backend. Several bundles (the curve): prefill p50, slate latency (with ``generate``)
+    and peak memory against the bundles' T, log-log, one line per backend and batch size.
+    Written atomically: a failed plot leaves no partial image."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -547,29 +760,93 @@ def plot_report(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
 
     path = Path(path)
     fmt = check_plot_path(path)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    curve = len(report.get("bundles", [])) > 1
+    gen = any("generate" in r for r in report["results"])
+    panels = (3 if gen else 2) if curve else 2
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5))
     try:
-        rows = report["results"]
-        lengths = sorted({r["history"] for r in rows})
-        batches = sorted({r["batch"] for r in rows})
-        for name in report["settings"]["backends"]:
-            mine = [r for r in rows if r["backend"] == name]
-            for length in lengths:
-                pts = sorted((r["batch"], r["recommend"]["requests_per_s"]) for r in mine if r["history"] == length)
-                left.plot(*zip(*pts), marker="o", label=f"{name}, history {length}")
-            for batch in batches:
-                pts = sorted((r["history"], r["prefill_ms"]["p50"]) for r in mine if r["batch"] == batch)
-                right.plot(*zip(*pts), marker="o", label=f"{name}, batch {batch}")
-        left.set(xscale="log", yscale="log", xlabel="batch size", ylabel="recommendations / s",
-                 title="recommend throughput")
-        left.set_xticks(batches, [str(b) for b in batches])
-        right.set(yscale="log", xlabel="history length", ylabel="prefill p50 (ms)", title="prefill latency")
-        for ax in (left, right):
+        (_draw_curve if curve else _draw_grid)(report, list(axes))
+        for ax in axes:
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
-        fig.suptitle(f"{report['arch']} T={report['dims']['T']}: {', '.join(report['settings']['backends'])}")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        ts = [b["dims"]["T"] for b in report.get("bundles", [])] or [report["dims"]["T"]]
+        fig.suptitle(f"{report['arch']} T={','.join(map(str, ts))}: {', '.join(report['settings']['backends'])}")
         fig.tight_layout()
         with atomic_file(path, "wb") as fh:
             fig.savefig(fh, format=fmt, dpi=100)
     finally:
         plt.close(fig)
+
+
+def _draw_grid(report: dict[str, Any], axes: list) -> None:
+    """One bundle: throughput against batch size, prefill p50 against history length."""
+    left, right = axes
+    rows = report["results"]
+    lengths = sorted({r["history"] for r in rows})
+    batches = sorted({r["batch"] for r in rows})
+    for name in report["settings"]["backends"]:
+        mine = [r for r in rows if r["backend"] == name]
+        for length in lengths:
+            pts = sorted((r["batch"], r["recommend"]["requests_per_s"]) for r in mine if r["history"] == length)
+            left.plot(*zip(*pts), marker="o", label=f"{name}, history {length}")
+        for batch in batches:
+            pts = sorted((r["history"], r["prefill_ms"]["p50"]) for r in mine if r["batch"] == batch)
+            right.plot(*zip(*pts), marker="o", label=f"{name}, batch {batch}")
+    left.set(xscale="log", yscale="log", xlabel="batch size", ylabel="recommendations / s",
+             title="recommend throughput")
+    left.set_xticks(batches, [str(b) for b in batches])
+    right.set(yscale="log", xlabel="history length", ylabel="prefill p50 (ms)", title="prefill latency")
+
+
+def _curve_rows(rows: list[dict[str, Any]], backends: Sequence[str]) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """(backend, batch) -> one row per T, by T: each bundle's longest measured history; keys in
+    the order of ``backends``, then batch."""
+    best: dict[tuple[str, int, int], dict[str, Any]] = {}
+    for r in rows:
+        key = (r["backend"], r["batch"], r["T"])
+        if key not in best or r["history"] > best[key]["history"]:
+            best[key] = r
+    order = {name: i for i, name in enumerate(backends)}
+    out: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for (name, batch, _), r in sorted(best.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0][1:])):
+        out.setdefault((name, batch), []).append(r)
+    return out
+
+
+def _draw_curve(report: dict[str, Any], axes: list) -> None:
+    """Several bundles: prefill p50, slate call time (batch / slates per s: the median over
+    rounds) and peak memory against T, log-log. A memory point of 0 MB (nothing above the warm
+    process's resident set) cannot sit on a log axis and is left out."""
+    rows = report["results"]
+    figures: list[tuple[str, str, Callable[[dict[str, Any]], float | None]]] = [
+        ("prefill p50 (ms)", "prefill latency", lambda r: r["prefill_ms"]["p50"])]
+    if len(axes) == 3:
+        steps = next(r["generate"]["steps"] for r in rows if "generate" in r)
+        figures.append(("slate call (ms)", f"greedy slates of {steps} items",
+                        lambda r: 1e3 * r["batch"] / r["generate"]["slates_per_s"] if "generate" in r else None))
+    figures.append(("peak resident-set growth (MB)", "peak memory", lambda r: r["memory"]["peak_rss_delta_mb"]))
+    from matplotlib.ticker import LogFormatter
+
+    class Plain(LogFormatter):  # 0.5, 2, 40 rather than 5x10^-1, 2x10^0, 4x10^1
+        def _num_to_string(self, x, vmin, vmax):
+            return f"{x:g}"
+
+    ts = sorted({r["T"] for r in rows})
+    for ax, (ylabel, title, value) in zip(axes, figures):
+        drawn = False
+        for (name, batch), line in _curve_rows(rows, report["settings"]["backends"]).items():
+            pts = [(r["T"], v) for r in line if (v := value(r)) is not None and v > 0]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=f"{name}, batch {batch}")
+                drawn = True
+        ax.set(xscale="log", xlabel="history length T (one bundle each)", ylabel=ylabel, title=title)
+        ax.set_xlim(ts[0] / 1.2, ts[-1] * 1.2)
+        ax.set_xticks(ts, [str(t) for t in ts])
+        ax.set_xticks([], minor=True)
+        if drawn:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(Plain())
+            ax.yaxis.set_minor_formatter(Plain(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+        else:
+            ax.text(0.5, 0.5, "no growth measured (0 MB)", transform=ax.transAxes, ha="center", va="center")
