@@ -27,9 +27,9 @@ rounds of the per-round ratio, so drift in machine speed hits everyone alike):
   ids only); slates through ``get_backend("openvino", bundle)``;
 - ``eager``: the torch backend.
 
-``--curve``: latency and peak memory (VmHWM above the resident set just before) of prefill
-and of the slate at every T in ``--lengths`` and batch in ``--batches``, ours vs
-torch.compile. Optional dependencies: ``pip install openvino`` (skipped when absent, said so).
+``--curve``: latency and peak memory of prefill and of the slate at every T in ``--lengths``
+and batch in ``--batches`` (memory: VmHWM above the resident set just before one call, taken
+before any timing, see ``peak_mb``), e.g. ``--contenders ours,torch.compile``. Optional dependencies: ``pip install openvino`` (skipped when absent, said so).
 """
 
 from __future__ import annotations
@@ -112,6 +112,19 @@ def ours(bundle, threads):
     return {"prefill": be.prefill, "slate": lambda reqs, n: generate(be, reqs, n), "close": be.close}
 
 
+def ours_1t(bundle, threads):
+    """Ours on one intra-op thread whatever ``--threads`` says (the small-batch lever)."""
+    return ours(bundle, 1)
+
+
+def ours_nospin(bundle, threads):
+    """Ours with spinning off (``spinning=False``, the setting for a busy host)."""
+    from genrec.runtimes import generate, get_backend
+
+    be = get_backend("onnxruntime", bundle, threads=threads, spinning=False)
+    return {"prefill": be.prefill, "slate": lambda reqs, n: generate(be, reqs, n), "close": be.close}
+
+
 def bare_ort(bundle, threads):
     import onnxruntime as ort
 
@@ -145,7 +158,7 @@ def openvino(bundle, threads):
     return {"prefill": be.prefill, "slate": lambda reqs, n: generate(be, reqs, n), "close": be.close}
 
 
-CONTENDERS = {"ours": ours, "bare-ort": bare_ort, "torch.compile": torch_compile, "openvino": openvino,
+CONTENDERS = {"ours": ours, "ours-1t": ours_1t, "ours-nospin": ours_nospin, "bare-ort": bare_ort, "torch.compile": torch_compile, "openvino": openvino,
               "eager": eager}
 
 
@@ -157,15 +170,24 @@ def med(xs) -> float:
     return float(np.median(xs))
 
 
+SETTLE_S = 0.05  # idle before each contender's turn
+
+
 def in_rounds(fns: dict, rounds: int, repeat: int, warmup: int) -> dict[str, list[float]]:
-    """Per contender the median seconds of ``repeat`` calls in each round; contenders alternate."""
+    """Per contender the median seconds of ``repeat`` calls in each round; contenders alternate.
+
+    The order rotates every round and each turn starts after ``SETTLE_S`` of idle: threads
+    that spin on after their call (OpenMP's, TBB's, onnxruntime's default pools) would
+    otherwise take a core from whichever contender runs next, always the same one."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     out: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            ts = []
+    names = list(fns)
+    for r in range(rounds):
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            time.sleep(SETTLE_S)
+            fn, ts = fns[k], []
             for _ in range(repeat):
                 t0 = time.perf_counter()
                 fn()
@@ -178,13 +200,24 @@ def ratio(num, den) -> float:
     return med([a / b for a, b in zip(num, den)])
 
 
-def peak_mb(fn) -> float:
-    """Peak resident-set growth (MiB) over one call of ``fn`` (VmHWM reset first)."""
+COMPILING = ("torch.compile", "openvino")  # compile on their first call of each shape
+
+
+def peak_mb(fns: dict) -> dict[str, float]:
+    """Peak resident-set growth (MiB, VmHWM reset first) of one call per contender, before any
+    timing: onnxruntime's arena grows on a configuration's first call and keeps it, so that
+    call is the one measured; contenders that compile get one unmeasured call first (their
+    compilation is not the call's memory; torch frees its large tensors to the OS)."""
     from genrec.runtimes.bench import _PeakRSS
 
-    with _PeakRSS() as m:
-        fn()
-    return m.mb
+    out = {}
+    for name, fn in fns.items():
+        if name in COMPILING:
+            fn()
+        with _PeakRSS() as m:
+            fn()
+        out[name] = m.mb
+    return out
 
 
 def main(args) -> dict:
@@ -215,18 +248,21 @@ def main(args) -> dict:
         for b in batches:
             batch = prefill_batch(b, dims)
             fns = {n: (lambda f=c["prefill"]: f(batch)) for n, c in made.items()}
+            memory = peak_mb(fns) if args.curve else None
             r = in_rounds(fns, args.rounds, args.repeat * (5 if b == 1 else 1), args.warmup)
             row = {"T": t, "batch": b, "work": "prefill",
                    "ms": {n: med(v) * 1e3 for n, v in r.items()},
                    "rounds_ms": {n: [x * 1e3 for x in v] for n, v in r.items()},
                    "speedup_vs": {n: ratio(v, r["ours"]) for n, v in r.items() if "ours" in r}}
-            if args.curve:
-                row["peak_mb"] = {n: peak_mb(f) for n, f in fns.items()}
+            if memory is not None:
+                row["peak_mb"] = memory
             report["rows"].append(row)
-            print(json.dumps({k: row[k] for k in ("T", "batch", "work", "ms", "speedup_vs")}), flush=True)
+            print(json.dumps({k: row[k] for k in ("T", "batch", "work", "ms", "speedup_vs", "peak_mb") if k in row}),
+                  flush=True)
         for b in slate_batches:
             reqs = synthetic_requests(range(1, NUM_ITEMS + 1), b, t - args.steps, seed=1)[0]
             fns = {n: (lambda f=c["slate"]: f(reqs, args.steps)) for n, c in made.items() if "slate" in c}
+            memory = peak_mb(fns) if args.curve else None
             slates = {n: [s.items for s in f()] for n, f in fns.items()}
             same = {n: float(np.mean([a == o for a, o in zip(s, slates["ours"])])) for n, s in slates.items()} \
                 if "ours" in slates else {}
@@ -236,11 +272,11 @@ def main(args) -> dict:
                    "rounds_ms": {n: [x * 1e3 for x in v] for n, v in r.items()},
                    "speedup_vs": {n: ratio(v, r["ours"]) for n, v in r.items() if "ours" in r},
                    "same_slates_as_ours": same}
-            if args.curve:
-                row["peak_mb"] = {n: peak_mb(f) for n, f in fns.items()}
+            if memory is not None:
+                row["peak_mb"] = memory
             report["rows"].append(row)
-            print(json.dumps({k: row[k] for k in ("T", "batch", "work", "ms", "speedup_vs", "same_slates_as_ours")}),
-                  flush=True)
+            print(json.dumps({k: row[k] for k in ("T", "batch", "work", "ms", "speedup_vs", "same_slates_as_ours",
+                                                  "peak_mb") if k in row}), flush=True)
         for c in made.values():
             if "close" in c:
                 c["close"]()

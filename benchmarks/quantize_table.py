@@ -72,9 +72,9 @@ def bench(arch: str, bundle: Path, out: Path, args) -> None:
     b = load_bundle(bundle)
     specs = ("onnxruntime", *(f"onnxruntime:{p}" for p in PRECISIONS if p in b.manifest.variants))
     spec = BenchSpec(backends=specs, batch_sizes=(1, 64), history_lengths=(b.dims.max_history,),
-                     repeat=args.repeat, warmup=2, threads=args.threads, data=args.data)
-    # this VM is shared and drifts: several rounds, each a full pass, and the table takes the
-    # median ratio over rounds (each round's ratios are measured minutes apart at most)
+                     repeat=args.repeat, warmup=2, threads=args.threads, data=args.data, rounds=1)
+    # this VM is shared and drifts: several rounds, each a full pass (one round of run_bench's
+    # own alternation), and the table takes the median ratio over rounds
     for r in range(args.rounds):
         res = out / arch / f"bench-{r}.json"
         if not res.exists():
@@ -177,7 +177,7 @@ def head_experiment(arch: str, bundle: Path, out: Path, args) -> None:
         report[prec] = {"deltas": info["deltas"], "excluded": info["excluded"]["groups"]}
     spec = BenchSpec(backends=("onnxruntime", "onnxruntime:int8-dynamic", "onnxruntime:int8-static"),
                      batch_sizes=(1, 64), history_lengths=(50,), repeat=args.repeat, warmup=2, threads=args.threads,
-                     data=args.data)
+                     data=args.data, rounds=1)
     from genrec.runtimes.bench import variant_summary
 
     report["bench"] = variant_summary(run_bench(scratch, spec))

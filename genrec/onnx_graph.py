@@ -104,9 +104,16 @@ def writable_in_place(model: Any, pairs: dict[str, str]) -> set[str]:
 INDEX_INPUTS = {("Gather", 1), ("GatherElements", 1), ("ScatterElements", 1)}
 
 
+RESHAPES = {("Reshape", 0), ("Flatten", 0), ("Squeeze", 0), ("Unsqueeze", 0)}  # pass values through unchanged
+
+
 def narrow_index_casts(model: Any) -> int:
     """Narrow ``Cast(to=INT64)`` nodes whose every reader takes them as gather/scatter indices
-    to int32, or drop them when their input is int32; returns how many changed. In place."""
+    to int32, or drop them when their input is int32; returns how many changed. In place.
+
+    Readers that only reshape (``RESHAPES``) are looked through: a Reshape whose every
+    reader is itself an index input (HSTU's flattened bucket lookups) carries int32 as well,
+    and the (B, rows, T) index tensor is then written once, in int32, not cast to int64."""
     import onnx
 
     graph = model.graph
@@ -117,15 +124,30 @@ def narrow_index_casts(model: Any) -> int:
     if not types:
         return 0
     readers, outputs = _readers(graph), {o.name for o in graph.output}
-    changed, drop = 0, []
+
+    def index_only(name: str, through: set[str]) -> bool:
+        uses = readers.get(name, [])
+        if not uses or name in outputs:
+            return False
+        for n, i in uses:
+            if n.domain not in ("", "ai.onnx"):
+                return False
+            if (n.op_type, i) in RESHAPES:
+                through.add(n.output[0])
+                if not index_only(n.output[0], through):
+                    return False
+            elif (n.op_type, i) not in INDEX_INPUTS:
+                return False
+        return True
+
+    changed, drop, retyped = 0, [], set()
     for cast in casts:
-        out = cast.output[0]
-        uses = readers.get(out, [])
-        if not uses or out in outputs or any(
-                (n.op_type, i) not in INDEX_INPUTS or n.domain not in ("", "ai.onnx") for n, i in uses):
+        out, through = cast.output[0], set()
+        if not index_only(out, through):
             continue
+        retyped |= through
         if types.get(cast.input[0]) == onnx.TensorProto.INT32:
-            for n, i in uses:
+            for n, i in readers.get(out, []):
                 n.input[i] = cast.input[0]
             drop.append(cast)
         else:
@@ -136,7 +158,7 @@ def narrow_index_casts(model: Any) -> int:
     for cast in drop:
         graph.node.remove(cast)
     if changed:  # stale int64 annotations of the narrowed values would fail the checker
-        narrowed = {c.output[0] for c in casts}
+        narrowed = {c.output[0] for c in casts} | retyped
         keep = [v for v in graph.value_info if v.name not in narrowed]
         del graph.value_info[:]
         graph.value_info.extend(keep)

@@ -16,8 +16,15 @@ one call at a time, and an idle pool takes no cores from the next: onnxruntime's
 spinning the moment a graph returns (``onnxrt.py``).
 
 1. warm-up, untimed, backend after backend: one prefill for the step measurement, then
-   ``warmup`` runs of each measurement below. torch.compile and openvino compile on the first
-   call of each batch size (seconds to minutes), so with them ``warmup`` must be >= 1;
+   ``warmup`` runs (at least one) of each measurement below. torch.compile and openvino
+   compile on the first call of each batch size (seconds to minutes), so with them
+   ``warmup`` must be >= 1. Memory is measured here: the resident-set high-water mark over
+   the warm-up minus the resident set just before it (Linux: VmHWM, reset through
+   /proc/self/clear_refs; elsewhere the growth of ``ru_maxrss``, which only shows new
+   process-wide peaks). It covers everything the process touches (numpy, torch, onnxruntime
+   alike); it is taken on the configuration's first calls because an allocator that keeps
+   what it freed (onnxruntime's arena) grows there and never again, and a backend that
+   compiles per batch size includes its compilation on the first configuration of each;
 2. ``rounds`` rounds: in each, every backend in turn runs every measurement ``repeat`` timed
    times, and the median of each round is kept (``rounds_ms``):
 
@@ -26,15 +33,7 @@ spinning the moment a graph returns (``onnxrt.py``).
      (validation, padding, exclusions, results): ``loop_share``;
    - ``step_ms``: ``backend.step`` on the prefilled batch at the first free cache slot (each
      call rewrites that slot: the same work as a decoding step);
-   - with ``generate=N``: greedy slates of N items through ``generate``;
-
-3. memory: one more untimed call per backend (``recommend``, and ``generate`` if asked),
-   after the rounds so that the page-table walks of the peak reset never land in a timed
-   run: the resident-set high-water mark during it minus the resident set just before
-   (Linux: VmHWM, reset through /proc/self/clear_refs; elsewhere the growth of
-   ``ru_maxrss``, which only shows new process-wide peaks). It covers everything the process
-   touches (numpy, torch, onnxruntime alike) above a warm process: an allocator that keeps
-   what it freed (onnxruntime's arena) shows only growth past what it already holds.
+   - with ``generate=N``: greedy slates of N items through ``generate``.
 
 Figures: throughputs (requests/s, slates/s, items/s) are the batch over the median over
 rounds of the per-round median call time; ``loop_share`` is the median over rounds;
@@ -235,9 +234,10 @@ def _can_reset_peak() -> bool:
 
 
 _RESET_PEAK = _can_reset_peak()
-_MEMORY_CALL = ("one untimed recommend (and generate) call per backend after the timed rounds, above a warm "
-                "process (an allocator that keeps what it freed, as onnxruntime's arena does, shows only growth "
-                "past what it holds)")
+_MEMORY_CALL = ("each backend's warm-up at that configuration, its first calls there, before any timing (an "
+                "allocator that keeps what it freed, as onnxruntime's arena does, grows there and nowhere "
+                "else; a backend that compiles per batch size, torch.compile or openvino, includes its "
+                "compilation on the first configuration of each batch size)")
 MEMORY_METHOD = (
     "peak resident set (VmHWM, reset through /proc/self/clear_refs before each measurement) minus the "
     "resident set just before it, over " + _MEMORY_CALL + ": host memory of the whole process (numpy, "
@@ -340,7 +340,7 @@ def _step_inputs(backend, requests: list) -> tuple:
 
 class _Probe:
     """One backend's runs at one configuration: warm-up, timed runs round by round (each call's
-    seconds kept, the medians taken in ``row``), and the untimed memory call."""
+    seconds kept, the medians taken in ``row``); memory is measured over the warm-up."""
 
     def __init__(self, backend, timer: BackendTimer, requests: list, batch: int, spec: BenchSpec):
         self.backend, self.timer, self.requests, self.batch, self.spec = backend, timer, requests, batch, spec
@@ -359,13 +359,18 @@ class _Probe:
         else:
             generate(self.backend, self.requests, self.spec.generate, SearchParams("greedy"), batch_size=self.batch)
 
-    def warm_up(self) -> None:
+    def warm_up(self) -> float:
         """Untimed: the step measurement's prefill, then ``warmup`` runs of each kind (the first
-        call of a batch size is where torch.compile and openvino compile)."""
-        self._step_args = _step_inputs(self.backend, self.requests)
-        for kind in self.walls:
-            for _ in range(self.spec.warmup):
-                self._run(kind)
+        call of a batch size is where torch.compile and openvino compile); returns the peak
+        resident-set growth over them, MiB. Memory is measured here, on the configuration's
+        first calls, because an arena that grew there keeps what it took: a call after the
+        timed rounds reads 0 MB for onnxruntime however large the configuration."""
+        with _PeakRSS() as mem:
+            self._step_args = _step_inputs(self.backend, self.requests)
+            for kind in self.walls:
+                for _ in range(max(1, self.spec.warmup)):
+                    self._run(kind)
+        return mem.mb
 
     def timed(self, kind: str) -> None:
         """This round's ``repeat`` timed runs of ``kind``."""
@@ -381,15 +386,6 @@ class _Probe:
         self.inside[kind].append(inside)
         if kind == "recommend":
             self.prefill.append(prefill)
-
-    def memory_mb(self) -> float:
-        """Peak resident-set growth of one more recommend (and generate) call, after the rounds."""
-        self._step_args = None  # the step measurement's cache is no part of a served call
-        with _PeakRSS() as mem:
-            self._run("recommend")
-            if self.spec.generate:
-                self._run("generate")
-        return mem.mb
 
     def _rounds_s(self, kind: str) -> list[float]:
         return [_med(w) for w in self.walls[kind]]
@@ -417,6 +413,12 @@ class _Probe:
         return row
 
 
+# idle before each backend's turn: threads that spin on after a call (OpenMP's, TBB's, an
+# onnxruntime pool without force_spinning_stop) would otherwise take a core from whichever
+# backend runs next
+SETTLE_S = 0.05
+
+
 def _kinds(spec: BenchSpec) -> tuple[str, ...]:
     return ("recommend", "step", *(("generate",) if spec.generate else ()))
 
@@ -424,18 +426,18 @@ def _kinds(spec: BenchSpec) -> tuple[str, ...]:
 def _measure_in_rounds(probes: dict[str, _Probe], spec: BenchSpec) -> dict[str, dict[str, Any]]:
     """Warm every backend up, then ``spec.rounds`` rounds in which the backends take turns at
     each kind of run (the order rotated every round, so that none always follows the same
-    one), then the memory calls; the rows of this configuration, by backend spec."""
-    for p in probes.values():
-        p.warm_up()
+    one); memory comes from the warm-ups; the rows of this configuration, by backend spec."""
+    memory = {name: p.warm_up() for name, p in probes.items()}
     order = list(probes.values())
     for r in range(spec.rounds):
         turn = order[r % len(order):] + order[:r % len(order)]
         for kind in _kinds(spec):
             for p in turn:
+                time.sleep(SETTLE_S)
                 p.timed(kind)
     rows = {name: p.row() for name, p in probes.items()}
-    for name, p in probes.items():
-        rows[name]["memory"] = {"peak_rss_delta_mb": p.memory_mb()}
+    for name in probes:
+        rows[name]["memory"] = {"peak_rss_delta_mb": memory[name]}
     _speedups(rows, spec.backends[0])
     return rows
 

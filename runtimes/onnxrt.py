@@ -19,12 +19,22 @@ gathered device-side into the spare set. This works unchanged on CPU, CUDA and C
 never maps a cache buffer into numpy (the alternative for CPU only, ``numpy.take`` on views
 of preallocated buffers, was rejected because it would not carry over to device memory).
 
-Speed (see ``benchmarks/serving_bench.py``): sessions use every graph optimisation
-(``ORT_ENABLE_ALL``), sequential execution and, unless told otherwise, one intra-op thread per
-physical core the process may run on. Each session has its own thread pool whose threads do
-not spin once their graph ends (they would steal the cores from the next graph's pool);
-``shared_threads=True`` puts every session on onnxruntime's process-wide pool instead, a bit
-faster still, but then every other onnxruntime session in the process must use it too.
+Speed (see ``benchmarks/serving_bench.py`` and ``benchmarks/peers_bench.py``): sessions use
+every graph optimisation (``ORT_ENABLE_ALL``), sequential execution and, unless told
+otherwise, one intra-op thread per physical core the process may run on. Each session has its
+own thread pool whose threads spin while its graph runs and stop the moment it returns
+(``session.force_spinning_stop``): threads that spin on after their graph ends (onnxruntime's
+default) steal the cores from the next graph's pool, and threads that never spin pay a wake-up
+for every parallel op (2 threads, idle machine: batch-1 HSTU prefill 11% and batch-64 6%
+slower without spinning). On a host whose cores are already busy, spinning threads fight the
+other work for them (measured under load 3 on 2 cores: 1.4-5x slower): pass
+``spinning=False`` there (``--backend-option spinning=false``). ``shared_threads=True`` puts
+every session on onnxruntime's process-wide pool instead, but then every other onnxruntime
+session in the process must use it too.
+
+The prefill's cache is allocated by onnxruntime's arena and the small outputs are bound to
+host arrays once per (graph, batch) and copied out after each run (``_binding``): per-call
+buffers and bindings cost 5-15% of a prefill (page faults at batch 64, wrappers at batch 1).
 
 Before a graph is loaded, ``CastLike(x, like)`` nodes
 whose ``like`` has a known element type become ``Cast(x, to=...)`` (the same op by
@@ -155,7 +165,7 @@ class OrtBackend(BackendBase):
                  provider: str = "cpu", provider_options: dict | None = None, device_id: int = 0,
                  intra_op_threads: int | None = None, inter_op_threads: int | None = None,
                  threads: int | None = None, inplace_cache: bool | None = None,
-                 shared_threads: bool = False):
+                 shared_threads: bool = False, spinning: bool = True):
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -187,8 +197,12 @@ class OrtBackend(BackendBase):
             opts.inter_op_num_threads = inter_op_threads or 0
             # each session has its own pool and the graphs run one after another: threads that
             # spin on after their graph ends (onnxruntime's default) steal the cores from the
-            # next graph's; on 2 cores that made a batch-64 HSTU step after a prefill 2x slower
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            # next graph's pool (on 2 cores that made a batch-64 HSTU step after a prefill 2x
+            # slower); threads that never spin pay a wake-up for every parallel op instead (a
+            # batch-1 HSTU prefill 1.8x slower on 2 threads). So: spin while a graph runs, stop
+            # the moment it returns (force_spinning_stop), unless spinning=False.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+            opts.add_session_config_entry("session.force_spinning_stop", "1")
         ep_opts = dict(provider_options or {})
         if provider != "cpu":
             ep_opts.setdefault("device_id", device_id)
@@ -221,6 +235,8 @@ class OrtBackend(BackendBase):
         self._present = ["present_" + n[len("past_"):] for n in self._past]
         self._cache_specs = [(i.name, i.shape, i.type) for i in past]
         self._gather = session(gather_rows_model(self._cache_specs).SerializeToString())
+        self._bindings: dict[tuple[str, int], tuple] = {}
+        self._arena_device = ort.OrtDevice.make(self._device, device_id)._get_c_device()
         if inplace_cache is None:
             inplace_cache = provider == "cpu"
         safe = writable_in_place(protos["step"], dict(zip(self._past, self._present))) if inplace_cache else set()
@@ -232,23 +248,51 @@ class OrtBackend(BackendBase):
         return [new([b, *shape[1:]], _NP[t], self._device, self._device_id)
                 for _, shape, t in self._cache_specs]
 
+    def _binding(self, graph: str, b: int):
+        """(IOBinding, host output arrays) of ``graph`` at batch ``b``, made on first use.
+
+        The small outputs stay bound to the same host arrays from call to call and are copied
+        out after each run (a few hundred bytes), instead of wrapping fresh arrays in OrtValues
+        and binding them every time: at batch 1 that binding was about a tenth of an HSTU
+        prefill. Inputs and cache tensors are rebound per call (binding a name again replaces
+        it). One backend serves one caller at a time, as every backend here."""
+        key = (graph, b)
+        made = self._bindings.get(key)
+        if made is None:
+            binding = self._sess[graph].io_binding()._iobinding  # the C++ object: no wrapper per call
+            host = {}
+            for name, shape, dtype in self._host_outputs[graph]:
+                host[name] = arr = np.empty([b if d is None else d for d in shape], dtype=dtype)
+                binding.bind_ortvalue_output(name, self._ort.OrtValue.ortvalue_from_numpy(arr)._ortvalue)
+            made = self._bindings[key] = (binding, host)
+        return made
+
+    ARENA_CACHE = "<cache from the arena>"  # _run's key for a cache onnxruntime allocated
+
     def _run(self, graph: str, feeds: dict[str, np.ndarray], b: int, cache_in: list | None = None,
              cache_out: list | None = None) -> dict[str, np.ndarray]:
-        """Run one graph: host feeds in, cache bound in/out, small outputs into host arrays."""
-        sess = self._sess[graph]
-        binding = sess.io_binding()
+        """Run one graph: host feeds in, cache bound in/out, small outputs copied to new host
+        arrays. The prefill (``cache_out`` None) takes its cache from onnxruntime's arena,
+        returned under ``ARENA_CACHE``: fresh buffers for every prefill meant fresh pages, 5-7%
+        of a batch-64 HSTU prefill in page faults; arena blocks freed with an old state are
+        reused."""
+        binding, host = self._binding(graph, b)
         for name, arr in feeds.items():
-            binding.bind_cpu_input(name, arr)
-        for name, value in zip(self._past, cache_in or []):
-            binding.bind_ortvalue_input(name, value)
-        host, from_numpy = {}, self._ort.OrtValue.ortvalue_from_numpy
-        for name, shape, dtype in self._host_outputs[graph]:
-            host[name] = arr = np.empty([b if d is None else d for d in shape], dtype=dtype)
-            binding.bind_ortvalue_output(name, from_numpy(arr))
-        for name, value in zip(self._present, cache_out or []):
-            binding.bind_ortvalue_output(name, value)
-        sess.run_with_iobinding(binding)
-        return host
+            binding.bind_input(name, arr)
+        for name, value in zip(self._past, cache_in or ()):
+            binding.bind_ortvalue_input(name, value._ortvalue)
+        arena = cache_out is None and graph == "prefill"
+        if arena:
+            for name in self._present:
+                binding.bind_output(name, self._arena_device)
+        for name, value in zip(self._present, cache_out or ()):
+            binding.bind_ortvalue_output(name, value._ortvalue)
+        self._sess[graph]._sess.run_with_iobinding(binding, None)
+        out = {name: arr.copy() for name, arr in host.items()}
+        if arena:
+            values = binding.get_outputs()  # bound host outputs first, then present_* in binding order
+            out[self.ARENA_CACHE] = [self._ort.OrtValue(values[i]) for i in range(len(host), len(values))]
+        return out
 
     def _output(self, host: dict[str, np.ndarray]) -> StepOutput:
         return StepOutput(host["topk_ids"], host["topk_scores"], host["log_z"], host.get("user_emb"))
@@ -265,9 +309,8 @@ class OrtBackend(BackendBase):
         if self.dims.needs_timestamps:
             feeds |= {"timestamps": batch.timestamps, "request_time": batch.request_time}
         feeds["exclude_ids"] = batch.exclude_ids
-        cache = self._alloc_cache(b)
-        host = self._run("prefill", feeds, b, cache_out=cache)
-        return self._output(host), OrtState(cache)
+        host = self._run("prefill", feeds, b)
+        return self._output(host), OrtState(host.pop(self.ARENA_CACHE))
 
     def _step(self, state: OrtState, new_item, position, timestamp, exclude_ids) -> StepOutput:
         b = state.batch
@@ -305,4 +348,4 @@ class OrtBackend(BackendBase):
         return self._run("rank", feeds, state.batch, cache_in=state.cache)["scores"]
 
     def _close(self) -> None:
-        self._sess, self._gather = {}, None
+        self._sess, self._gather, self._bindings = {}, None, {}

@@ -106,8 +106,8 @@ def time_buckets(delta: torch.Tensor, num_buckets: int, divisor: float,
     bucket edge then lands in the neighbouring bucket: the user embedding moves by up to 4e-2
     and the top-10 changes. So the Log only estimates, biased low (``_estimate_scale``) to the
     reference bucket or one below, and an int32 comparison of |Δ| with the integer edge table
-    (``bucket_bounds``) adds the missing one. Cost on the (B, T, T) pass: a gather, a Greater,
-    a Cast and an Add, all int32 (the scaled Log was there already); measured on onnxruntime,
+    (``bucket_bounds``) adds the missing one. Cost on the (B, T, T) pass: a gather, a Sub,
+    a Clip and an Add, all int32 (the scaled Log was there already); measured on onnxruntime,
     1 thread, ml-1m shape, batch 64, T = 200: about 3-4 ms, 10% of the prefill.
 
     Δ must be int32 (timestamps are rebased per history, see genrec.inputs; |Δ| < 2^31): that
@@ -128,11 +128,14 @@ def time_buckets(delta: torch.Tensor, num_buckets: int, divisor: float,
         bound = lookup(bounds, est)  # GatherElements: ~2.5x a flat Gather on onnxruntime
     else:  # eager: int32 indices, no (B, T, T) int64 copy, no expanded table
         bound = bounds.index_select(0, est.reshape(-1)).view(est.shape)
-    return est.add_((mag > bound).to(torch.int32)).to(torch.int64)
+    # 1 where |Δ| passes the edge: Sub + Clip (both in [0, 2^31): no overflow), not Greater +
+    # Cast, because onnxruntime's Cast runs on one thread and Sub/Clip on all of them
+    return est.add_((mag - bound).clamp_(0, 1)).to(torch.int64)
 
 
 ROW_BLOCKS = 3  # query-row blocks of the causal pass from BLOCK_FROM history slots on
 BLOCK_FROM = 64
+BLOCK_ROWS = 128  # past ROW_BLOCKS * BLOCK_ROWS slots, blocks of at most this many rows
 
 
 def row_blocks(t: int) -> list[tuple[int, int]]:
@@ -142,20 +145,29 @@ def row_blocks(t: int) -> list[tuple[int, int]]:
     the bucket Log/Cast passes, the bias gather and adds, QKᵀ, SiLU and A·V, which dominate an
     HSTU prefill at T=200, shrink by a third. Measured on onnxruntime at T=200, batch 64: 2
     blocks 9% faster than 1, 3 blocks 15%, 4 no better than 3 (batch 1: 2% slower, more
-    nodes). Below BLOCK_FROM slots the extra ops cost more than they save. Results are exactly
-    those of the single block (each row's sums run over the same keys)."""
+    nodes). Below BLOCK_FROM slots the extra ops cost more than they save.
+
+    Long histories get blocks of at most BLOCK_ROWS rows: the largest (B, rows, T) tensor of
+    the pass, and so the peak memory of a prefill, then grows as B·T·BLOCK_ROWS instead of
+    B·T²/3, and the skipped share of the (T, T) square approaches a half (T=2048: 16 blocks,
+    47% skipped). Results are exactly those of the single block (each row's sums run over the
+    same keys)."""
     if t < BLOCK_FROM:
         return [(0, t)]
-    edges = [round(t * i / ROW_BLOCKS) for i in range(ROW_BLOCKS + 1)]
+    n = max(ROW_BLOCKS, -(-t // BLOCK_ROWS))
+    edges = [round(t * i / n) for i in range(n + 1)]
     return list(zip(edges, edges[1:]))
 
 
 def lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """table[index] for a 1-D table, as Expand + GatherElements over the last axis.
+    """table[index] for a 1-D table, as one GatherElements over the flattened index.
 
     ``table[index]`` with an N-D index exports as GatherND, and a flat Gather over millions of
-    indices is little better; onnxruntime runs GatherElements about 7x faster here."""
-    return torch.gather(table.expand(*index.shape[:-1], table.shape[0]), -1, index.to(torch.int64))
+    indices is little better; onnxruntime runs GatherElements about 7x faster here. Flattening
+    the index (a free Reshape) lets the 1-D table itself be the data: expanding the table to
+    the index's leading shape first, as this did before, wrote a (B, rows, 129) copy per block
+    and gathered from it (batch-64 prefill: the Expands alone 1.8 ms of 75)."""
+    return torch.gather(table, 0, index.reshape(-1).to(torch.int64)).view(index.shape)
 
 
 class HSTULayer(nn.Module):
@@ -176,7 +188,10 @@ class HSTULayer(nn.Module):
         self.w_ts = nn.Parameter(torch.randn(cfg.num_buckets + 1) * 0.02)
         self.drop = nn.Dropout(cfg.linear_dropout)
 
-    def _project(self, x: torch.Tensor):
+    def _project(self, x: torch.Tensor, row: torch.Tensor | None = None):
+        """SiLU(U), V, Q, K of ``x``; with ``row`` (B,), U and Q of that row only (B, 1, ...):
+        the last layer of a prefill attends for one query row, so projecting every row's U and
+        Q there was half its projection work thrown away (K and V are kept for the cache)."""
         xn = F.layer_norm(x, (x.shape[-1],), eps=self.eps)
         hv, hq = self.heads * self.dv, self.heads * self.dqk
         # one product per part, from row slices of the fused weight (constants once exported): a
@@ -184,7 +199,9 @@ class HSTULayer(nn.Module):
         # cost more than the wider GEMM saved: batch-64 prefill 11% faster on onnxruntime and
         # 17% in eager torch, batch 1 3-4% slower (more ops)
         w, edges = self.uvqk.weight, (0, hv, 2 * hv, 2 * hv + hq, 2 * hv + 2 * hq)
-        u, v, q, k = (F.silu(F.linear(xn, w[a:b])) for a, b in zip(edges, edges[1:]))
+        uq_in = xn if row is None else take_row(xn, row, 1)
+        u, v, q, k = (F.silu(F.linear(uq_in if i in (0, 2) else xn, w[a:b]))
+                      for i, (a, b) in enumerate(zip(edges, edges[1:])))
         return u, split_heads(v, self.heads), split_heads(q, self.heads), split_heads(k, self.heads)
 
     def _finish(self, x: torch.Tensor, u: torch.Tensor, av: torch.Tensor) -> torch.Tensor:
@@ -198,10 +215,12 @@ class HSTULayer(nn.Module):
 
     def forward(self, x, rel_index, buckets, causal, blocks):
         """Full causal pass; ``blocks`` (see ``row_blocks``) split the query rows, and rows
-        [a, b) attend to keys [0, b) only, with ``buckets`` the time buckets of each block."""
+        [a, b) attend to keys [0, b) only, with ``buckets`` the time buckets of each block (a
+        list, or a function of (a, b) that makes them)."""
         u, v, q, k = self._project(x)  # q, k, v: (B, H, T, d)
         out = []
-        for (a, b), bucket in zip(blocks, buckets):
+        for i, (a, b) in enumerate(blocks):
+            bucket = buckets(a, b) if callable(buckets) else buckets[i]
             # the causal mask rides on the batch-independent position bias: SiLU(s - 1e4) = 0
             pos_bias = lookup(self.w_pos, rel_index[a:b, :b]) + torch.where(causal[a:b, :b], 0.0, MASKED)
             s = q[:, :, a:b] @ k[:, :, :b].transpose(-1, -2) + (pos_bias + lookup(self.w_ts, bucket))[:, None]
@@ -218,9 +237,8 @@ class HSTULayer(nn.Module):
 
     def last_row(self, x, position, rel_row, bucket_row):
         """Full K/V (for the cache), attention output for the row at ``position`` only."""
-        u, v, q, k = self._project(x)
-        x_row, u_row, q_row = take_row(x, position, 1), take_row(u, position, 1), take_row(q, position, 2)
-        return self._attend_row(x_row, u_row, q_row, k, v, position, rel_row, bucket_row)[:, 0], k, v
+        u_row, v, q_row, k = self._project(x, position)
+        return self._attend_row(take_row(x, position, 1), u_row, q_row, k, v, position, rel_row, bucket_row)[:, 0], k, v
 
     def step(self, x, position, rel_row, bucket_row, k_cache, v_cache):
         u, v, q, k = self._project(x)  # (B, H, 1, d)
@@ -286,8 +304,15 @@ class HSTU(GenerativeRecommender):
         final = lengths.long() - 1
         nxt = torch.where(pos[None, :] == final[:, None], now[:, None], nxt)  # last position: request time
         blocks = row_blocks(int(t))  # a plain int also under TorchScript tracing (static T)
-        # time buckets of each row block against the keys it sees, shared by all layers
-        buckets = [self._buckets(nxt[:, a:b, None] - ts[:, None, :b]) for a, b in blocks]
+
+        def block_buckets(a: int, b: int) -> torch.Tensor:  # rows [a, b) against the keys they see
+            return self._buckets(nxt[:, a:b, None] - ts[:, None, :b])
+
+        # time buckets of each row block, shared by all layers that attend every row; with one
+        # such layer (2 layers and last_only) each block's are made where used, so only one
+        # block's (B, rows, T) indices are ever alive
+        full = len(self.layers) - (1 if last_only else 0)
+        buckets = [block_buckets(a, b) for a, b in blocks] if full > 1 else block_buckets
         rel = (self.n - 1) + pos[None, :] - pos[:, None]  # (T, T) constant
         causal = pos[None, :] <= pos[:, None]
         cache: list[torch.Tensor] = []

@@ -152,3 +152,26 @@ def test_hstu_row_blocks_change_nothing(histories, monkeypatch):
     for a, b in zip(blocked_cache, whole_cache):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     torch.testing.assert_close(user, user_one, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("t", [63, 64, 200, 384, 385, 512, 1024, 2048, 3000])
+def test_hstu_row_blocks_cover_the_square_in_bounded_rows(t):
+    """Row blocks tile 0..T without gaps; long histories get blocks of at most BLOCK_ROWS rows
+    (the largest (B, rows, T) tensor of a prefill grows linearly in T), short ones keep the
+    three blocks measured fastest at T=200, and below BLOCK_FROM there is one block."""
+    import genrec.models.hstu as hstu
+
+    blocks = hstu.row_blocks(t)
+    assert blocks[0][0] == 0 and blocks[-1][1] == t
+    assert all(b0 == a1 for (_, b0), (a1, _) in zip(blocks, blocks[1:]))
+    assert all(b > a for a, b in blocks)
+    if t < hstu.BLOCK_FROM:
+        assert blocks == [(0, t)]
+    elif t <= hstu.ROW_BLOCKS * hstu.BLOCK_ROWS:
+        assert len(blocks) == hstu.ROW_BLOCKS
+    else:
+        assert max(b - a for a, b in blocks) <= hstu.BLOCK_ROWS
+        assert len(blocks) == -(-t // hstu.BLOCK_ROWS)
+    # the share of the causal square the blocks compute: rows [a, b) against keys [0, b)
+    computed = sum((b - a) * b for a, b in blocks) / (t * t)
+    assert computed <= (1.0 if len(blocks) == 1 else 0.5 + 1 / len(blocks))

@@ -288,8 +288,9 @@ def test_request_errors_carry_the_index_and_a_1_based_name(backends, case):
 class _NoUserEmb(TorchBackend):
     """A backend whose outputs lack user_emb (allowed by the protocol)."""
 
-    def _head(self, user, exclude_ids, k) -> StepOutput:
-        out = super()._head(user, exclude_ids, k)
+    @staticmethod
+    def _output(ids, scores, log_z, user) -> StepOutput:
+        out = TorchBackend._output(ids, scores, log_z, user)
         return StepOutput(out.topk_ids, out.topk_scores, out.log_z)
 
 
