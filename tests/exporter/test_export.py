@@ -135,6 +135,9 @@ def test_tampered_or_incomplete_bundle_is_refused_by_name(tmp_path, bundles):
 
 EXPORT_WITH_SIGNAL = r'''
 import os, signal, sys, threading
+# a test run from a background job inherits SIGINT ignored (no KeyboardInterrupt at all);
+# an interactive user's process has Python's handler, which is what is tested here
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import click
 

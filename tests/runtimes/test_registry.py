@@ -14,7 +14,7 @@ from genrec.runtimes.registry import _REGISTRY
 
 
 def test_unknown_backend_lists_the_available_ones(bundles):
-    with pytest.raises(GenrecError, match="unknown backend 'tensorrt'; available: ascend, onnxruntime, torch"):
+    with pytest.raises(GenrecError, match="unknown backend 'tensorrt'; available: ascend, onnxruntime, openvino, torch, torch\\.compile"):
         get_backend("tensorrt", bundles["sasrec"])
 
 

@@ -382,6 +382,9 @@ def test_a_symlinked_output_is_written_through_and_a_leftover_of_a_dead_run_goes
 
 SIGNAL_AFTER_FIRST_BATCH = r'''
 import io, os, signal, sys, threading
+# a test run from a background job inherits SIGINT ignored (no KeyboardInterrupt at all);
+# an interactive user's process has Python's handler, which is what is tested here
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from genrec.cli import run_main
 
