@@ -68,6 +68,8 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from serving_bench import prefill_batch  # noqa: E402,F401  (full-length histories as the loop sends them)
+
 NUM_ITEMS, PRESET = 3706, "ml-1m"
 
 
@@ -84,21 +86,6 @@ def make_bundle(root: Path, t: int, gears: tuple[int, ...]) -> Path:
     out = root / f"bundle-T{t}"
     export_bundle(ckpt, out, batch_gears=gears, data=None, force=True)
     return out
-
-
-def prefill_batch(b: int, dims, seed: int = 0):
-    """Full-length histories as the loop sends them (rebased int32 timestamps, history excluded)."""
-    from genrec.runtimes import PrefillBatch
-
-    rng = np.random.default_rng([seed, b])
-    t = dims.max_history
-    ids = rng.integers(1, dims.num_items + 1, size=(b, t)).astype(np.int32)
-    ts = np.cumsum(rng.integers(1, 86_400, size=(b, t)), axis=1)
-    ts = (ts - ts[:, :1]).astype(np.int32)
-    excl = np.zeros((b, dims.max_exclude), np.int32)
-    n = min(t, dims.max_exclude)
-    excl[:, :n] = ids[:, ::-1][:, :n]
-    return PrefillBatch(ids, np.full(b, t, np.int32), excl, ts, (ts[:, -1] + 3600).astype(np.int32))
 
 
 # --------------------------------------------------------------------------------------------
