@@ -3,11 +3,13 @@
 Variants, per backbone (every other setting as the ``default`` protocol):
 
 - ``default``: 512 negatives shared by the batch, train on items[:-2], keep the best
-  validation-NDCG@10 epoch, patience 5, at most 40 epochs;
+  validation-NDCG@10 epoch, patience 5, at most 40 epochs (``selection=best_valid``: the
+  training default until the split row below made ``selection=refit`` the default);
 - ``negatives``: per-position independent negatives (``negatives=per_position``);
 - ``split``: Meta's split, train on items[:-1] (``holdout=last``), so no validation item is
   left: a fixed budget of as many epochs as ``default`` selected on validation, final epoch
-  kept (nothing here looks at the test item);
+  kept (nothing here looks at the test item). This is exactly what ``selection=refit`` does
+  in one call;
 - ``epochs``: Meta's budget, 101 epochs without early stopping, final epoch kept;
 - ``meta``: all three (``protocol=meta``).
 
@@ -37,8 +39,8 @@ from genrec.models import make_config
 from genrec.training import TrainConfig, init_model, train
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "negatives": dict(negatives="per_position"),
+    "default": dict(selection="best_valid"),
+    "negatives": dict(negatives="per_position", selection="best_valid"),
     "split": dict(holdout="last", selection="last"),  # epochs: default's selected epoch
     "epochs": dict(selection="last", epochs=101),
     "meta": dict(protocol="meta"),

@@ -12,7 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class TrainProgress:
-    """One bar per epoch with the running loss and throughput; prints validation per epoch."""
+    """One bar per epoch with the running loss and throughput; prints validation per epoch.
+    The refit's epochs (``selection=refit``) are labelled ``E'/E (refit ...)``."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
@@ -42,9 +43,11 @@ class TrainProgress:
             self._progress.console.print(
                 f"epoch {event['epoch']}: valid HR@10 {m['HR@10']:.4f} NDCG@10 {m['NDCG@10']:.4f}")
             return
-        if event["epoch"] != self._epoch:
-            self._epoch = event["epoch"]
-            self._task = self._progress.add_task("", total=event["steps"], epoch=self._epoch, loss=0.0, rate=0.0)
+        epoch = (f"{event['epoch']}/{event['epochs']} (refit on all but the last item)"
+                 if event.get("phase") == "refit" else event["epoch"])
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._task = self._progress.add_task("", total=event["steps"], epoch=epoch, loss=0.0, rate=0.0)
         self._progress.update(self._task, completed=event["step"], loss=event["loss"], rate=event["seq_per_s"])
 
 

@@ -122,12 +122,13 @@ def test_protocol_resolution_and_bad_settings():
     meta = TrainConfig(protocol="meta")
     assert (meta.negatives, meta.holdout, meta.selection, meta.epochs) == ("per_position", "last", "last", 101)
     default = TrainConfig()
-    assert (default.negatives, default.holdout, default.selection, default.epochs) == ("shared", "valid", "best_valid", 40)
+    assert (default.negatives, default.holdout, default.selection, default.epochs) == ("shared", "valid", "refit", 40)
     mixed = TrainConfig(protocol="meta", negatives="shared", epochs=7)
     assert (mixed.negatives, mixed.holdout, mixed.epochs) == ("shared", "last", 7)
     assert TrainConfig(**meta.to_dict()) == meta  # a checkpoint's record rebuilds the same config
     for bad in (dict(protocol="fast"), dict(negatives="batch"), dict(holdout="test"),
-                dict(protocol="meta", selection="best_valid"), dict(protocol=1)):
+                dict(protocol="meta", selection="best_valid"), dict(protocol="meta", selection="refit"),
+                dict(holdout="last"), dict(selection="early"), dict(protocol=1)):
         with pytest.raises(ConfigError):
             TrainConfig(**bad)
 
@@ -154,6 +155,37 @@ def test_training_never_looks_at_the_test_item(split, one_thread, protocol):
     if protocol == "meta":
         assert history["best_valid_ndcg10"] is None and history["best_epoch"] == 3  # final epoch
         assert history["epochs"][0]["valid"] is None
+
+
+def test_refit_is_the_chosen_epoch_count_trained_again_on_all_but_the_last_item(split, one_thread):
+    """The default: early stopping on the validation item picks E, then the initial weights
+    train E epochs on items[:-1] with the same seed: exactly what a fixed-budget run of E
+    epochs with Meta's split gives, and not the early-stopped weights."""
+    small = split.sample(400, seed=0)
+    shape = make_config("sasrec", split.num_items, "small", d_model=16)
+    events = []
+    cfg = TrainConfig(epochs=6, patience=2, batch_size=64, num_negatives=64, lr=3e-3, seed=5)
+    model = init_model(shape, cfg.seed)
+    history = train(model, small, cfg, progress=events.append)
+    chosen = history["best_epoch"]
+    assert 1 <= chosen <= history["epochs_run"] <= 6
+    assert history["refit"]["epochs_run"] == chosen and history["refit"]["train_rows"] > history["train_rows"] * 0.9
+    assert history["best_valid"]["NDCG@10"] == history["best_valid_ndcg10"] > 0
+    assert not model.training
+
+    fixed = init_model(shape, cfg.seed)
+    train(fixed, small, TrainConfig(holdout="last", selection="last", epochs=chosen, batch_size=64,
+                                    num_negatives=64, lr=3e-3, seed=5))
+    early = init_model(shape, cfg.seed)
+    train(early, small, TrainConfig(selection="best_valid", epochs=6, patience=2, batch_size=64,
+                                    num_negatives=64, lr=3e-3, seed=5))
+    got, want, stopped = model.state_dict(), fixed.state_dict(), early.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in got)
+    assert not all(torch.equal(got[k], stopped[k]) for k in got)
+    refit_events = [e for e in events if e.get("phase") == "refit"]
+    assert refit_events and all(e["epochs"] == chosen for e in refit_events)
+    assert [e["epoch"] for e in refit_events if "valid" in e] == list(range(1, chosen + 1))
+    assert all(e["valid"] is None for e in refit_events if "valid" in e)
 
 
 def test_meta_protocol_learns_on_the_slice(split, one_thread):
@@ -201,3 +233,8 @@ def test_cli_protocol_meta(tmp_path: Path, tiny_data: Path, capsys, one_thread):
                             "--set", "protocol=fast", "--quiet"], capsys)
     assert code == 1 and err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
     assert "protocol='fast'" in err
+    code, out, err = _genrec(["train", "--data", str(tiny_data), "--arch", "sasrec", "-o", str(ckpt), "--quiet",
+                              "--set", "epochs=2", "--set", "d_model=16"], capsys)
+    assert code == 0, err
+    assert "refit on all but the last item" in out and "epochs (chosen at valid NDCG@10 0." in out
+    assert load_checkpoint(ckpt).metadata["train"]["selection"] == "refit"

@@ -216,13 +216,16 @@ def scaling_command(data, fmt, sep, archs, layers, width, preset, budget_minutes
             if quiet or "valid" not in event:
                 return
             v = event["valid"]
-            click.echo(f"  epoch {event['epoch']}" + ("" if v is None else f": valid NDCG@10 {v['NDCG@10']:.4f}"),
-                       err=True)
+            epoch = (f"refit epoch {event['epoch']}/{event['epochs']}" if event.get("phase") == "refit"
+                     else f"epoch {event['epoch']}")
+            click.echo(f"  {epoch}" + ("" if v is None else f": valid NDCG@10 {v['NDCG@10']:.4f}"), err=True)
 
         t0 = time.perf_counter()
         history = train(model, split, tcfg, progress=progress)
         test = evaluate(model, split.examples("test"))
-        valid = evaluate(model, split.examples("valid")) if tcfg.holdout == "valid" else None
+        # after a refit the validation item has been trained on: report the selection run's figure
+        valid = (history["best_valid"] if tcfg.selection == "refit"
+                 else evaluate(model, split.examples("valid")) if tcfg.holdout == "valid" else None)
         rows.append({"arch": arch, "layers": n, "params": model.num_params(), "d_model": config.d_model,
                      "valid": valid, "test": test, "kept_epoch": history["best_epoch"],
                      "epochs_run": history["epochs_run"], "wall_s": round(time.perf_counter() - t0, 1)})

@@ -66,13 +66,16 @@ def _split_settings(settings: dict, train_fields: set[str]) -> tuple[dict, dict]
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_command(data, fmt, sep, arch, preset, config_file, sets, output, quiet):
-    """Sampled-softmax training with validation NDCG@10 and early stopping; writes model.pt.
+    """Sampled-softmax training; writes model.pt.
 
     \b
+    By default early stopping on the validation item (second-to-last) chooses the number of
+    epochs, then the model is trained again from the same start for that many epochs on all
+    but the last item (selection=refit; selection=best_valid skips the refit, at half the cost).
     --set protocol=meta trains as Meta does (MODELS.md §1.5-1.6): per-position negatives,
     train on all but the last item, a fixed budget of 101 epochs, the final epoch kept.
     Each part can be set alone: negatives=shared|per_position, holdout=valid|last,
-    selection=best_valid|last, epochs=N. The test item is never used for selection."""
+    selection=refit|best_valid|last, epochs=N. The test item is never used for selection."""
     import dataclasses
 
     from ..atomic import check_writable
@@ -118,11 +121,13 @@ def train_command(data, fmt, sep, arch, preset, config_file, sets, output, quiet
         "best_epoch": history["best_epoch"], "wall_s": round(history["wall_s"], 1),
     })
     valid = history["best_valid_ndcg10"]
-    kept = (f"best epoch {history['best_epoch']}" if tcfg.selection == "best_valid"
-            else f"final epoch {history['best_epoch']}")
-    click.echo(f"wrote {output}: {kept}, valid NDCG@10 "
-               f"{'n/a (trained on)' if valid is None else f'{valid:.4f}'}, test NDCG@10 "
-               f"{test['NDCG@10']:.4f}, HR@10 {test['HR@10']:.4f} ({history['wall_s']:.0f} s)")
+    shown = "n/a (trained on)" if valid is None else f"{valid:.4f}"
+    kept = {"best_valid": f"best epoch {history['best_epoch']}, valid NDCG@10 {shown}",
+            "refit": f"{history['best_epoch']} epochs (chosen at valid NDCG@10 {shown}) refit on all "
+                     "but the last item",
+            "last": f"final epoch {history['best_epoch']}, valid NDCG@10 {shown}"}[tcfg.selection]
+    click.echo(f"wrote {output}: {kept}, test NDCG@10 {test['NDCG@10']:.4f}, HR@10 {test['HR@10']:.4f} "
+               f"({history['wall_s']:.0f} s)")
 
 
 @click.command("evaluate", short_help="Full-catalogue HR@K / NDCG@K / MRR of a checkpoint.")
