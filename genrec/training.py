@@ -14,19 +14,25 @@ part                 ``default`` (fast on CPU)        ``meta`` (MODELS.md §1.5-
 ``negatives``        ``shared``: R per batch, shared  ``per_position``: R per position,
                      by all positions (one matmul)    independent (Meta's LocalNegativesSampler)
 ``holdout``          ``valid``: train on items[:-2]   ``last``: train on items[:-1]
-``selection``        ``refit``: early stopping on     ``last``: the final epoch of a fixed
-                     the validation item picks E      budget (epochs / max_minutes), since the
-                     epochs, then the same initial    validation item is a training target
-                     weights train E epochs on
-                     all but the last item
+``selection``        ``auto``: ``refit`` where the    ``last``: the final epoch of a fixed
+                     validation item adds >= 5% to    budget (epochs / max_minutes), since the
+                     the training targets, else       validation item is a training target
+                     ``best_valid``. ``refit``:
+                     early stopping on the
+                     validation item picks E epochs,
+                     then the same initial weights
+                     train E epochs on all but the
+                     last item
 ``epochs``           40 (an upper bound)              101 (Meta's ML-1M budget)
 ===================  ==============================  ======================================
 
 ``selection=best_valid`` keeps the best validation epoch itself (patience ``patience``), with
-no refit: half the cost, but on full Beauty the refit's extra item per user is worth +13% test
-NDCG@10 for SASRec and +25% for HSTU (``benchmarks/results/ablation_beauty_run2.md``, the
-``split`` rows), which is why ``refit`` is the default. Neither protocol ever looks at the test
-item while training: selection is on the validation item or on nothing at all.
+no refit: half the cost. On full Beauty (short histories: the held-back item is ~17% of the
+training targets) the refit is worth +13% test NDCG@10 for SASRec and +25% for HSTU
+(``benchmarks/results/ablation_beauty_run2.md``, the ``split`` rows). On long histories such as
+ML-1M's (~165 items a user, windows of 200) it adds under 1% of the targets for twice the
+time, so ``auto`` skips it there. Neither protocol ever looks at the test item while training:
+selection is on the validation item or on nothing at all.
 
 For CPU speed, rows are grouped by length within windows of ``sort_window`` shuffled
 batches and each batch is padded only to its longest row (``batch_order``); on Beauty
@@ -52,11 +58,12 @@ from .models import GenerativeRecommender, ModelConfig, build_model
 
 
 PROTOCOLS: dict[str, dict[str, Any]] = {
-    "default": dict(negatives="shared", holdout="valid", selection="refit", epochs=40),
+    "default": dict(negatives="shared", holdout="valid", selection="auto", epochs=40),
     "meta": dict(negatives="per_position", holdout="last", selection="last", epochs=101),
 }
 CHOICES = {"protocol": tuple(PROTOCOLS), "negatives": ("shared", "per_position"),
-           "holdout": ("valid", "last"), "selection": ("refit", "best_valid", "last")}
+           "holdout": ("valid", "last"), "selection": ("auto", "refit", "best_valid", "last")}
+REFIT_MIN_GAIN = 0.05  # selection=auto refits when the validation item adds this share of training targets
 
 
 @dataclass(frozen=True)
@@ -64,7 +71,7 @@ class TrainConfig:
     protocol: str = "default"  # "default" or "meta": fills in the four settings below left unset
     negatives: str = ""  # "shared" | "per_position" ("" = the protocol's)
     holdout: str = ""  # "valid" | "last": items held out of training ("" = the protocol's)
-    selection: str = ""  # "refit" | "best_valid" | "last": which weights are kept ("" = protocol's)
+    selection: str = ""  # "auto" | "refit" | "best_valid" | "last": which weights are kept ("" = protocol's)
     epochs: int = 0  # 0 = the protocol's (40 as an upper bound with early stopping, or 101)
     batch_size: int = 128
     lr: float = 1e-3
@@ -218,7 +225,7 @@ def train(model: GenerativeRecommender, split: Split, cfg: TrainConfig,
     ``patience`` epochs without progress; ``selection="last"`` trains the whole budget
     (``epochs`` or ``max_minutes``) and keeps the final epoch. With ``holdout="last"`` there is
     no validation item (it is trained on), so no validation metric is computed at all.
-    ``selection="refit"`` (the default) runs ``best_valid`` to choose the epoch count E, then
+    ``selection="refit"`` runs ``best_valid`` to choose the epoch count E, then
     puts back the model's initial weights and trains E epochs on all but the last item, with
     the same seed: the kept weights have seen every user's second-to-last item, yet E was
     chosen on it before it was trained on. ``history["refit"]`` holds that second run;
@@ -228,7 +235,15 @@ def train(model: GenerativeRecommender, split: Split, cfg: TrainConfig,
     ``progress`` is called after every batch with {epoch, step, steps, loss, seq_per_s} and
     after every epoch with {epoch, valid: metrics or None}; the refit's events carry
     ``phase="refit"`` and ``epochs`` (E). The CLI draws its progress bar from them.
+    ``selection="auto"`` (the default) is ``refit`` when ``refit_gain`` is at least
+    ``REFIT_MIN_GAIN``, else ``best_valid``; ``history["protocol"]["selection"]`` says which ran.
     """
+    if cfg.selection == "auto":
+        gain = refit_gain(split, model.config.max_len)
+        history = train(model, split, dataclasses.replace(
+            cfg, selection="refit" if gain >= REFIT_MIN_GAIN else "best_valid"), progress)
+        history["refit_gain"] = gain
+        return history
     if cfg.selection != "refit":
         return _train_once(model, split, cfg, progress)
     initial = copy.deepcopy(model.state_dict())
@@ -245,6 +260,16 @@ def train(model: GenerativeRecommender, split: Split, cfg: TrainConfig,
     history["protocol"]["selection"] = "refit"
     history["wall_s"] += second["wall_s"]
     return history
+
+
+def refit_gain(split: Split, max_len: int) -> float:
+    """How many more training targets a refit on all but the last item has than the run that
+    held the validation item back, as a share of the latter (0.17 on Beauty, ~0.006 on ML-1M)."""
+    def targets(holdout: str) -> int:
+        return sum(len(r[1]) for r in training_rows(split, max_len, holdout))
+
+    base = targets("valid")
+    return (targets("last") - base) / base if base else 1.0
 
 
 def _train_once(model: GenerativeRecommender, split: Split, cfg: TrainConfig,

@@ -18,8 +18,8 @@ from genrec.cli import cli, run_cli
 from genrec.data import SequenceData, Split, leave_one_out, read_sequences
 from genrec.errors import ConfigError
 from genrec.models import make_config
-from genrec.training import (TrainConfig, draw_negatives, init_model, sampled_softmax_loss, train,
-                             training_rows)
+from genrec.training import (TrainConfig, draw_negatives, init_model, refit_gain, sampled_softmax_loss,
+                             train, training_rows)
 
 SLICE = Path(__file__).resolve().parents[1] / "data" / "beauty-slice"
 
@@ -122,7 +122,7 @@ def test_protocol_resolution_and_bad_settings():
     meta = TrainConfig(protocol="meta")
     assert (meta.negatives, meta.holdout, meta.selection, meta.epochs) == ("per_position", "last", "last", 101)
     default = TrainConfig()
-    assert (default.negatives, default.holdout, default.selection, default.epochs) == ("shared", "valid", "refit", 40)
+    assert (default.negatives, default.holdout, default.selection, default.epochs) == ("shared", "valid", "auto", 40)
     mixed = TrainConfig(protocol="meta", negatives="shared", epochs=7)
     assert (mixed.negatives, mixed.holdout, mixed.epochs) == ("shared", "last", 7)
     assert TrainConfig(**meta.to_dict()) == meta  # a checkpoint's record rebuilds the same config
@@ -186,6 +186,29 @@ def test_refit_is_the_chosen_epoch_count_trained_again_on_all_but_the_last_item(
     assert refit_events and all(e["epochs"] == chosen for e in refit_events)
     assert [e["epoch"] for e in refit_events if "valid" in e] == list(range(1, chosen + 1))
     assert all(e["valid"] is None for e in refit_events if "valid" in e)
+
+
+def test_auto_refits_short_histories_and_not_long_ones(split, one_thread):
+    """Beauty's users have ~9 items, so the validation item is a large share of what there is
+    to learn from; with 60-item histories in a 50-item window it adds nothing."""
+    shape = make_config("sasrec", split.num_items, "small", d_model=16)
+    assert shape.max_len == 50
+    short = split.sample(300, seed=0)
+    lengths = np.array([len(s) for s in short.data.items])
+    assert np.median(lengths) < 12
+    gain = refit_gain(short, shape.max_len)
+    assert 0.1 < gain < 0.5, gain  # one more target on top of len-3 for most users
+    rng = np.random.default_rng(0)
+    long = Split(SequenceData(users=[f"u{i}" for i in range(200)],
+                              items=[rng.integers(1, split.num_items + 1, 60) for _ in range(200)],
+                              times=None, item_map=split.data.item_map, source="synthetic", dropped_users=0))
+    assert refit_gain(long, shape.max_len) == 0.0  # the window just slides by one item
+    cfg = TrainConfig(epochs=1, batch_size=64, num_negatives=32, seed=1)
+    assert cfg.selection == "auto"
+    for data, ran in ((short, "refit"), (long, "best_valid")):
+        history = train(init_model(shape, cfg.seed), data, cfg)
+        assert history["protocol"]["selection"] == ran and ("refit" in history) == (ran == "refit")
+        assert history["refit_gain"] == refit_gain(data, shape.max_len)
 
 
 def test_meta_protocol_learns_on_the_slice(split, one_thread):

@@ -224,7 +224,7 @@ def scaling_command(data, fmt, sep, archs, layers, width, preset, budget_minutes
         history = train(model, split, tcfg, progress=progress)
         test = evaluate(model, split.examples("test"))
         # after a refit the validation item has been trained on: report the selection run's figure
-        valid = (history["best_valid"] if tcfg.selection == "refit"
+        valid = (history["best_valid"] if history["protocol"]["selection"] == "refit"
                  else evaluate(model, split.examples("valid")) if tcfg.holdout == "valid" else None)
         rows.append({"arch": arch, "layers": n, "params": model.num_params(), "d_model": config.d_model,
                      "valid": valid, "test": test, "kept_epoch": history["best_epoch"],

@@ -71,11 +71,13 @@ def train_command(data, fmt, sep, arch, preset, config_file, sets, output, quiet
     \b
     By default early stopping on the validation item (second-to-last) chooses the number of
     epochs, then the model is trained again from the same start for that many epochs on all
-    but the last item (selection=refit; selection=best_valid skips the refit, at half the cost).
+    but the last item (selection=refit). The default, selection=auto, refits only where that
+    item adds 5% or more to the training targets (short histories such as Beauty's), and
+    otherwise keeps the early-stopped weights (selection=best_valid, half the cost).
     --set protocol=meta trains as Meta does (MODELS.md §1.5-1.6): per-position negatives,
     train on all but the last item, a fixed budget of 101 epochs, the final epoch kept.
     Each part can be set alone: negatives=shared|per_position, holdout=valid|last,
-    selection=refit|best_valid|last, epochs=N. The test item is never used for selection."""
+    selection=auto|refit|best_valid|last, epochs=N. The test item is never used for selection."""
     import dataclasses
 
     from ..atomic import check_writable
@@ -115,8 +117,9 @@ def train_command(data, fmt, sep, arch, preset, config_file, sets, output, quiet
     from ..evaluation import evaluate
 
     test = evaluate(model, split.examples("test"))
+    selection = history["protocol"]["selection"]  # what selection=auto chose
     save_checkpoint(output, model, split.item_map.to_list(), {
-        "dataset": str(data), "split": "leave-one-out", "train": tcfg.to_dict(),
+        "dataset": str(data), "split": "leave-one-out", "train": {**tcfg.to_dict(), "selection": selection},
         "metrics": {"valid_ndcg10": history["best_valid_ndcg10"], "test": test},
         "best_epoch": history["best_epoch"], "wall_s": round(history["wall_s"], 1),
     })
@@ -125,7 +128,7 @@ def train_command(data, fmt, sep, arch, preset, config_file, sets, output, quiet
     kept = {"best_valid": f"best epoch {history['best_epoch']}, valid NDCG@10 {shown}",
             "refit": f"{history['best_epoch']} epochs (chosen at valid NDCG@10 {shown}) refit on all "
                      "but the last item",
-            "last": f"final epoch {history['best_epoch']}, valid NDCG@10 {shown}"}[tcfg.selection]
+            "last": f"final epoch {history['best_epoch']}, valid NDCG@10 {shown}"}[selection]
     click.echo(f"wrote {output}: {kept}, test NDCG@10 {test['NDCG@10']:.4f}, HR@10 {test['HR@10']:.4f} "
                f"({history['wall_s']:.0f} s)")
 
