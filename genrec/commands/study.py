@@ -136,7 +136,8 @@ def study_group() -> None:
 @click.option("--width", type=int, default=None, help="d_model for every model (default: the preset's).")
 @click.option("--preset", default="beauty", show_default=True, help="Shape other than depth and width.")
 @click.option("--budget-minutes", type=float, default=0.0, show_default=True,
-              help="Wall-clock cap per combination (0: none; early stopping / epochs still apply).")
+              help="Wall-clock cap per combination's selection run (0: none; early stopping / epochs "
+                   "still apply); a refit (selection=auto on short histories) then repeats the epochs chosen.")
 @click.option("--users", type=int, default=0, help="Train and evaluate on a seeded sample of this many users.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="A training or model setting for every combination (e.g. protocol=meta, lr=0.002).")
