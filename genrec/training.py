@@ -181,6 +181,43 @@ def draw_negatives(rng: np.random.Generator, num_items: int, num_negatives: int,
     return torch.from_numpy(rng.integers(1, num_items + 1, shape))
 
 
+class _ScoresAt(torch.autograd.Function):
+    """``(u @ table.T).gather(1, index)`` a block of rows at a time, forward and backward.
+
+    The plain expression materialises the (P, N+1) score matrix and, in the backward, a dense
+    gradient of the same size plus its zero-fill: several passes over ~50 MB at Beauty's
+    shape (P ~1,000 positions, N 12,101 items). Here each block of ``BLOCK`` rows stays in
+    cache; the numbers are the same up to float summation order (1.4-1.7x faster at Beauty's
+    shape on one core)."""
+
+    BLOCK = 128
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        out = u.new_empty(index.shape)
+        t = table.t()
+        for s in range(0, len(u), _ScoresAt.BLOCK):
+            e = s + _ScoresAt.BLOCK
+            torch.gather(u[s:e] @ t, 1, index[s:e], out=out[s:e])
+        ctx.save_for_backward(u, table, index)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        u, table, index = ctx.saved_tensors
+        grad_u = torch.empty_like(u) if ctx.needs_input_grad[0] else None
+        grad_table = torch.zeros_like(table) if ctx.needs_input_grad[1] else None
+        dense = u.new_empty(min(_ScoresAt.BLOCK, len(u)), table.shape[0])
+        for s in range(0, len(u), _ScoresAt.BLOCK):
+            e = s + _ScoresAt.BLOCK
+            g = dense[:len(index[s:e])].zero_().scatter_add_(1, index[s:e], grad[s:e])
+            if grad_u is not None:
+                torch.mm(g, table, out=grad_u[s:e])
+            if grad_table is not None:
+                grad_table.addmm_(g.t(), u[s:e])
+        return grad_u, grad_table, None
+
+
 def sampled_softmax_loss(model: GenerativeRecommender, h: torch.Tensor, targets: torch.Tensor,
                          negatives: torch.Tensor, via_scores: bool | None = None) -> torch.Tensor:
     """Mean over valid positions of -log softmax([pos, negs] / τ)[0]; negatives equal to the
@@ -189,8 +226,9 @@ def sampled_softmax_loss(model: GenerativeRecommender, h: torch.Tensor, targets:
     ``negatives`` is ``(R,)`` (shared by every position: one ``(P, d) x (d, R)`` matmul) or
     ``(P, R)`` with one row per valid position in row-major order (per position). Per
     position, the negative logits are either gathered from the full score matrix
-    ``(P, d) x (d, N+1)`` (``via_scores``; a cache-friendly BLAS call, cheaper when the
-    catalogue is small against R·d) or dot products with gathered item vectors ``(P, R, d)``;
+    ``(P, d) x (d, N+1)`` (``via_scores``; cache-friendly BLAS calls a block of rows at a
+    time, cheaper when the catalogue is small against R·d) or dot products with gathered item
+    vectors ``(P, R, d)``;
     both give the same numbers. ``None`` picks the one that moves fewer floats.
     """
     valid = targets != 0
@@ -207,7 +245,7 @@ def sampled_softmax_loss(model: GenerativeRecommender, h: torch.Tensor, targets:
         if via_scores is None:
             via_scores = table.shape[0] <= negatives.shape[1] * table.shape[1]
         if via_scores:
-            neg = (u @ table.t()).gather(1, negatives)
+            neg = _ScoresAt.apply(u, table, negatives)
         else:
             neg = torch.bmm(table[negatives], u[:, :, None]).squeeze(-1)
         same = negatives == tgt[:, None]
