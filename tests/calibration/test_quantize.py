@@ -41,7 +41,12 @@ def test_variants_are_written_verified_and_recorded(quantized):
         loss = info["deltas"]["ndcg_relative_loss"]
         assert loss["value"] <= 0.01 and loss["ci95"][0] <= loss["value"] <= loss["ci95"][1]
         assert info["deltas"]["metrics"]["NDCG@10"]["fp32"] > 0
-        assert [t["passed"] for t in info["gate"]["search"]][-1] or info["gate"]["search"][0]["passed"]
+        # the kept set is one the search tried and passed (not necessarily its last try: the
+        # single-group round tries every group, then keeps the passing one of least loss)
+        search, kept = info["gate"]["search"], sorted(info["excluded"]["searched_groups"])
+        assert search[0]["excluded"] == [] and info["excluded"]["groups"] == info["excluded"]["default_groups"] + kept
+        tried = [t for t in search if sorted(t["excluded"]) == kept]
+        assert len(tried) == 1 and tried[0]["passed"] and tried[0]["ndcg_relative_loss"] == loss["value"]
         for g in ("prefill", "step", "rank"):  # the same IO contract as the fp32 graph
             assert b.graph_spec(g, prec).io() == b.graph_spec(g).io()
     static = infos["int8-static"]["calibration"]
