@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 class TrainProgress:
     """One bar per epoch with the running loss and throughput; prints validation per epoch.
-    The refit's epochs (``selection=refit``) are labelled ``E'/E (refit ...)``."""
+    The refit's epochs (``selection=refit``) are labelled as ``epoch_label`` says."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
@@ -25,7 +25,7 @@ class TrainProgress:
     def __enter__(self) -> "TrainProgress":
         if self.enabled:
             self._progress = Progress(
-                TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]:.4f}  {task.fields[rate]:.0f} seq/s"),
                 TimeElapsedColumn(), console=self.console, transient=False)
             self._progress.__enter__()
@@ -43,12 +43,18 @@ class TrainProgress:
             self._progress.console.print(
                 f"epoch {event['epoch']}: valid HR@10 {m['HR@10']:.4f} NDCG@10 {m['NDCG@10']:.4f}")
             return
-        epoch = (f"{event['epoch']}/{event['epochs']} (refit on all but the last item)"
-                 if event.get("phase") == "refit" else event["epoch"])
+        epoch = epoch_label(event)
         if epoch != self._epoch:
             self._epoch = epoch
             self._task = self._progress.add_task("", total=event["steps"], epoch=epoch, loss=0.0, rate=0.0)
         self._progress.update(self._task, completed=event["step"], loss=event["loss"], rate=event["seq_per_s"])
+
+
+def epoch_label(event: dict[str, Any]) -> str:
+    """``epoch 3``, or ``refit epoch 3/19`` for the refit's epochs (``selection=refit``)."""
+    if event.get("phase") == "refit":
+        return f"refit epoch {event['epoch']}/{event['epochs']}"
+    return f"epoch {event['epoch']}"
 
 
 def console(stderr: bool = False) -> Console:

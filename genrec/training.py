@@ -361,7 +361,7 @@ def _train_once(model: GenerativeRecommender, split: Split, cfg: TrainConfig,
         if progress:
             progress({"epoch": epoch, "valid": metrics})
         if cfg.selection == "last":
-            best_epoch = epoch
+            best_epoch, best_metrics = epoch, metrics
             best = metrics["NDCG@10"] if metrics else None
         elif metrics["NDCG@10"] > best:
             best, best_epoch, stale, best_metrics = metrics["NDCG@10"], epoch, 0, metrics
@@ -374,8 +374,6 @@ def _train_once(model: GenerativeRecommender, split: Split, cfg: TrainConfig,
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    if cfg.selection == "last":
-        best_metrics = metrics
     history.update(best_epoch=best_epoch, best_valid_ndcg10=best, best_valid=best_metrics,
                    epochs_run=len(history["epochs"]),
                    wall_s=time.perf_counter() - start)

@@ -161,6 +161,7 @@ def scaling_command(data, fmt, sep, archs, layers, width, preset, budget_minutes
     from ..atomic import check_writable
     from ..evaluation import evaluate
     from ..models import make_config
+    from ..progress import epoch_label
     from ..training import TrainConfig, init_model, train
 
     arch_list, depth_list = _arch_list(archs), _int_list(layers, "layers")
@@ -217,9 +218,8 @@ def scaling_command(data, fmt, sep, archs, layers, width, preset, budget_minutes
             if quiet or "valid" not in event:
                 return
             v = event["valid"]
-            epoch = (f"refit epoch {event['epoch']}/{event['epochs']}" if event.get("phase") == "refit"
-                     else f"epoch {event['epoch']}")
-            click.echo(f"  {epoch}" + ("" if v is None else f": valid NDCG@10 {v['NDCG@10']:.4f}"), err=True)
+            click.echo(f"  {epoch_label(event)}" + ("" if v is None else f": valid NDCG@10 {v['NDCG@10']:.4f}"),
+                       err=True)
 
         t0 = time.perf_counter()
         history = train(model, split, tcfg, progress=progress)
