@@ -1,6 +1,6 @@
 """Where an onnxruntime prefill spends its time, per op type, at 1 thread and at 2.
 
-    python benchmarks/ort_profile.py BUNDLE [--batch 64] [--runs 15] [--out profile.md]
+    python benchmarks/ort_profile.py BUNDLE [--batch 64] [--runs 15] [--by op|node] [--out profile.md]
 
 onnxruntime's own profiler (``enable_profiling``) on the bundle's ``prefill.onnx`` with the
 backend's graph rewrites, full-length synthetic histories (``peers_bench.prefill_batch``), the
@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def profile(bundle: str, batch: int, threads: int, runs: int, prefix: str) -> dict[str, float]:
-    """ms per run by op type."""
+def profile(bundle: str, batch: int, threads: int, runs: int, prefix: str, by: str = "op") -> dict[str, float]:
+    """ms per run by op type (``by="op"``) or by node (``"node"``: "name (op)")."""
     import onnxruntime as ort
 
     from genrec.runtimes import get_backend
@@ -49,7 +49,9 @@ def profile(bundle: str, batch: int, threads: int, runs: int, prefix: str) -> di
     by_op: collections.Counter = collections.Counter()
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            by_op[e["args"]["op_name"]] += e["dur"] / n / 1000
+            op = e["args"]["op_name"]
+            key = op if by == "op" else f'{e["name"][:-len("_kernel_time")]} ({op})'
+            by_op[key] += e["dur"] / n / 1000
     return dict(by_op)
 
 
@@ -59,13 +61,15 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--runs", type=int, default=15)
     p.add_argument("--out", default=None, help="write the table here (markdown)")
+    p.add_argument("--by", choices=("op", "node"), default="op", help="sum kernel time per op type or per node")
+    p.add_argument("--top", type=int, default=20, help="rows in the table")
     args = p.parse_args()
-    one = profile(args.bundle, args.batch, 1, args.runs, "/tmp/genrec-prof-1t")
-    two = profile(args.bundle, args.batch, 2, args.runs, "/tmp/genrec-prof-2t")
-    lines = [f"prefill kernel time by op type, batch {args.batch}, {args.runs} runs: "
+    one = profile(args.bundle, args.batch, 1, args.runs, "/tmp/genrec-prof-1t", args.by)
+    two = profile(args.bundle, args.batch, 2, args.runs, "/tmp/genrec-prof-2t", args.by)
+    lines = [f"prefill kernel time by {'op type' if args.by == 'op' else 'node'}, batch {args.batch}, {args.runs} runs: "
              f"1 thread {sum(one.values()):.2f} ms, 2 threads {sum(two.values()):.2f} ms", "",
-             "| op | 1 thread (ms) | 2 threads (ms) | scale |", "|---|---|---|---|"]
-    for op, ms in sorted(one.items(), key=lambda kv: -kv[1])[:20]:
+             f"| {args.by} | 1 thread (ms) | 2 threads (ms) | scale |", "|---|---|---|---|"]
+    for op, ms in sorted(one.items(), key=lambda kv: -kv[1])[:args.top]:
         lines.append(f"| {op} | {ms:.2f} | {two.get(op, 0):.2f} | {ms / max(two.get(op, 0), 1e-9):.2f}x |")
     text = "\n".join(lines) + "\n"
     print(text)

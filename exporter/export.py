@@ -29,7 +29,7 @@ from genrec.manifest import DEFAULT_STEP_TOPK, Dims, GraphSpec, Manifest, Tensor
 from genrec.checkpoint import Checkpoint, load_checkpoint
 from genrec.errors import ExportError
 from genrec.models import GenerativeRecommender
-from genrec.onnx_graph import castlike_to_cast, narrow_index_casts
+from genrec.onnx_graph import rewrite_exported
 
 from . import atc_lint
 from .checks import DEFAULT_ATOL, DEFAULT_RTOL, Histories, numeric_check, ort_session, random_histories, structural_check
@@ -247,8 +247,7 @@ def export_bundle(checkpoint: str | Path, output: str | Path, *, opset: int = 18
             with torch.no_grad():
                 traced = wrapper(*args)
             proto = fix_output_shapes(proto, list(traced) if isinstance(traced, tuple) else [traced])
-            castlike_to_cast(proto)
-            narrow_index_casts(proto)
+            rewrite_exported(proto)
             if graph_hook is not None:
                 proto = graph_hook(name, proto)
             path = tmp / f"{name}.onnx"

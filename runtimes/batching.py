@@ -135,7 +135,7 @@ def prefill_rows(backend: Backend, rows: list[Prepared], exclude: np.ndarray) ->
         with_time=d.needs_timestamps)
     batch = PrefillBatch(item_ids=pad(feed["item_ids"], g), lengths=pad(feed["lengths"], g),
                          exclude_ids=pad(exclude, g), timestamps=pad(feed.get("timestamps"), g),
-                         request_time=pad(feed.get("request_time"), g))
+                         request_time=pad(feed.get("request_time"), g), validated=True)
     out, state = backend.prefill(batch)
     return Prefilled(out, state, feed["lengths"], feed.get("request_time"))
 

@@ -32,9 +32,12 @@ other work for them (measured under load 3 on 2 cores: 1.4-5x slower): pass
 every session on onnxruntime's process-wide pool instead, but then every other onnxruntime
 session in the process must use it too.
 
-The prefill's cache is allocated by onnxruntime's arena and the small outputs are bound to
-host arrays once per (graph, batch) and copied out after each run (``_binding``): per-call
-buffers and bindings cost 5-15% of a prefill (page faults at batch 64, wrappers at batch 1).
+A state's cache buffers go back to a small pool when the state dies and serve the next
+prefill of that batch size (``_lease``), and the small outputs are bound to host arrays once
+per (graph, batch) and copied out after each run (``_binding``): per-call buffers and bindings
+cost 5-15% of a prefill (page faults at batch 64, wrappers at batch 1). A cache set that is
+already bound is not bound again: a batch-1 prefill that reuses the last state's buffers, or
+a step writing its cache in place, binds its inputs only.
 
 Before a graph is loaded, ``CastLike(x, like)`` nodes
 whose ``like`` has a known element type become ``Cast(x, to=...)`` (the same op by
@@ -46,6 +49,7 @@ item table, the (T, T) position bias and causal mask), which then ran on every c
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -150,10 +154,34 @@ def gather_rows_model(specs: list[tuple[str, list, str]]):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
 
 
+class _Lease:
+    """The cache buffers of one live state: ``cache`` (C-level OrtValues the next run reads as
+    ``past_*``) and ``spare`` (the same shapes, a run may write into; None until needed). Lists
+    are replaced, never changed in place: a run skips rebinding a list it bound last time."""
+
+    def __init__(self, batch: int, cache: list, spare: list | None = None):
+        self.batch, self.cache, self.spare = batch, cache, spare  # batch: the rows both sets hold
+
+
 class OrtState(State):
-    def __init__(self, cache: list, spare: list | None = None):
-        self.cache = cache  # OrtValues read by the next run as past_*
-        self.spare = spare  # OrtValues of the same shapes a run may write into (None: allocate)
+    def __init__(self, lease: _Lease):
+        self.lease = lease
+
+    @property
+    def cache(self) -> list:
+        return self.lease.cache
+
+    @cache.setter
+    def cache(self, value: list) -> None:
+        self.lease.cache = value
+
+    @property
+    def spare(self) -> list | None:
+        return self.lease.spare
+
+    @spare.setter
+    def spare(self, value: list | None) -> None:
+        self.lease.spare = value
 
 
 class OrtBackend(BackendBase):
@@ -235,8 +263,8 @@ class OrtBackend(BackendBase):
         self._present = ["present_" + n[len("past_"):] for n in self._past]
         self._cache_specs = [(i.name, i.shape, i.type) for i in past]
         self._gather = session(gather_rows_model(self._cache_specs).SerializeToString())
-        self._bindings: dict[tuple[str, int], tuple] = {}
-        self._arena_device = ort.OrtDevice.make(self._device, device_id)._get_c_device()
+        self._bindings: dict[tuple[str, int], list] = {}
+        self._free: dict[int, list[list]] = {}  # batch -> cache sets no live state holds
         if inplace_cache is None:
             inplace_cache = provider == "cpu"
         safe = writable_in_place(protos["step"], dict(zip(self._past, self._present))) if inplace_cache else set()
@@ -245,17 +273,19 @@ class OrtBackend(BackendBase):
     # -- buffers and runs --------------------------------------------------------------------
     def _alloc_cache(self, b: int) -> list:
         new = self._ort.OrtValue.ortvalue_from_shape_and_type
-        return [new([b, *shape[1:]], _NP[t], self._device, self._device_id)
+        return [new([b, *shape[1:]], _NP[t], self._device, self._device_id)._ortvalue
                 for _, shape, t in self._cache_specs]
 
-    def _binding(self, graph: str, b: int):
-        """(IOBinding, host output arrays) of ``graph`` at batch ``b``, made on first use.
+    def _binding(self, graph: str, b: int) -> list:
+        """[IOBinding, host output arrays, cache list bound as input, as output] of ``graph`` at
+        batch ``b``, made on first use.
 
         The small outputs stay bound to the same host arrays from call to call and are copied
         out after each run (a few hundred bytes), instead of wrapping fresh arrays in OrtValues
         and binding them every time: at batch 1 that binding was about a tenth of an HSTU
-        prefill. Inputs and cache tensors are rebound per call (binding a name again replaces
-        it). One backend serves one caller at a time, as every backend here."""
+        prefill. Inputs are rebound per call (binding a name again replaces it); cache lists
+        only when another list comes (``_Lease``). One backend serves one caller at a time, as
+        every backend here."""
         key = (graph, b)
         made = self._bindings.get(key)
         if made is None:
@@ -264,35 +294,47 @@ class OrtBackend(BackendBase):
             for name, shape, dtype in self._host_outputs[graph]:
                 host[name] = arr = np.empty([b if d is None else d for d in shape], dtype=dtype)
                 binding.bind_ortvalue_output(name, self._ort.OrtValue.ortvalue_from_numpy(arr)._ortvalue)
-            made = self._bindings[key] = (binding, host)
+            made = self._bindings[key] = [binding, host, None, None]
         return made
 
-    ARENA_CACHE = "<cache from the arena>"  # _run's key for a cache onnxruntime allocated
+    def _lease(self, b: int) -> _Lease:
+        """Cache buffers for a new state of batch ``b``: a set a dead state gave back, else new.
+
+        Reused sets spare a prefill fresh pages (at batch 64 their page faults were 5-7% of an
+        HSTU prefill) and, being the very list bound last time, the binding calls as well."""
+        return _Lease(b, self._take(b))
+
+    def _take(self, b: int) -> list:
+        free = self._free.get(b)
+        return free.pop() if free else self._alloc_cache(b)
+
+    POOL = 2  # cache sets kept per batch size for the next states
+
+    def _give_back(self, lease: _Lease) -> None:
+        """A state died: its sets serve the next prefills (``weakref.finalize`` calls this)."""
+        free = self._free.setdefault(lease.batch, []) if not self._closed else []
+        for bufs in (lease.cache, lease.spare):
+            if bufs is not None and len(free) < self.POOL:
+                free.append(bufs)
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray], b: int, cache_in: list | None = None,
              cache_out: list | None = None) -> dict[str, np.ndarray]:
         """Run one graph: host feeds in, cache bound in/out, small outputs copied to new host
-        arrays. The prefill (``cache_out`` None) takes its cache from onnxruntime's arena,
-        returned under ``ARENA_CACHE``: fresh buffers for every prefill meant fresh pages, 5-7%
-        of a batch-64 HSTU prefill in page faults; arena blocks freed with an old state are
-        reused."""
-        binding, host = self._binding(graph, b)
+        arrays."""
+        made = self._binding(graph, b)
+        binding, host = made[0], made[1]
         for name, arr in feeds.items():
             binding.bind_input(name, arr)
-        for name, value in zip(self._past, cache_in or ()):
-            binding.bind_ortvalue_input(name, value._ortvalue)
-        arena = cache_out is None and graph == "prefill"
-        if arena:
-            for name in self._present:
-                binding.bind_output(name, self._arena_device)
-        for name, value in zip(self._present, cache_out or ()):
-            binding.bind_ortvalue_output(name, value._ortvalue)
+        if cache_in is not None and cache_in is not made[2]:
+            for name, value in zip(self._past, cache_in):
+                binding.bind_ortvalue_input(name, value)
+            made[2] = cache_in
+        if cache_out is not None and cache_out is not made[3]:
+            for name, value in zip(self._present, cache_out):
+                binding.bind_ortvalue_output(name, value)
+            made[3] = cache_out
         self._sess[graph]._sess.run_with_iobinding(binding, None)
-        out = {name: arr.copy() for name, arr in host.items()}
-        if arena:
-            values = binding.get_outputs()  # bound host outputs first, then present_* in binding order
-            out[self.ARENA_CACHE] = [self._ort.OrtValue(values[i]) for i in range(len(host), len(values))]
-        return out
+        return {name: arr.copy() for name, arr in host.items()}
 
     def _output(self, host: dict[str, np.ndarray]) -> StepOutput:
         return StepOutput(host["topk_ids"], host["topk_scores"], host["log_z"], host.get("user_emb"))
@@ -309,8 +351,11 @@ class OrtBackend(BackendBase):
         if self.dims.needs_timestamps:
             feeds |= {"timestamps": batch.timestamps, "request_time": batch.request_time}
         feeds["exclude_ids"] = batch.exclude_ids
-        host = self._run("prefill", feeds, b)
-        return self._output(host), OrtState(host.pop(self.ARENA_CACHE))
+        lease = self._lease(b)
+        host = self._run("prefill", feeds, b, cache_out=lease.cache)
+        state = OrtState(lease)
+        weakref.finalize(state, self._give_back, lease)
+        return self._output(host), state
 
     def _step(self, state: OrtState, new_item, position, timestamp, exclude_ids) -> StepOutput:
         b = state.batch
@@ -331,15 +376,16 @@ class OrtBackend(BackendBase):
 
     def _reorder(self, state: OrtState, index: np.ndarray) -> None:
         n = index.size
-        out = state.spare if state.spare is not None and state.batch == n else self._alloc_cache(n)
-        binding = self._gather.io_binding()
-        binding.bind_cpu_input("index", index)
+        out = state.spare if state.spare is not None and state.batch == n else self._take(n)
+        binding = self._gather.io_binding()._iobinding
+        binding.bind_input("index", index)
         for i, value in enumerate(state.cache):
             binding.bind_ortvalue_input(f"x.{i}", value)
             binding.bind_ortvalue_output(f"y.{i}", out[i])
-        self._gather.run_with_iobinding(binding)
+        self._gather._sess.run_with_iobinding(binding, None)
         # the gathered rows become the cache; the old set is the next spare if its batch fits
         state.cache, state.spare = out, state.cache if state.batch == n else None
+        state.lease.batch = n
 
     def _rank(self, state: OrtState, candidates, position, timestamp) -> np.ndarray:
         feeds = {"candidates": candidates, "position": position}
@@ -348,4 +394,4 @@ class OrtBackend(BackendBase):
         return self._run("rank", feeds, state.batch, cache_in=state.cache)["scores"]
 
     def _close(self) -> None:
-        self._sess, self._gather, self._bindings = {}, None, {}
+        self._sess, self._gather, self._bindings, self._free = {}, None, {}, {}

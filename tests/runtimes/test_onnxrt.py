@@ -73,6 +73,81 @@ def test_steps_write_the_cache_in_place(arch, backends, beauty, bundles):
             np.testing.assert_array_equal(a.log_z, x.log_z)
 
 
+def _ptrs(state) -> list[int]:
+    return [v.data_ptr() for v in state.cache]
+
+
+def _same(a, b) -> None:
+    np.testing.assert_array_equal(a.topk_ids, b.topk_ids)
+    np.testing.assert_array_equal(a.topk_scores, b.topk_scores)
+    np.testing.assert_array_equal(a.log_z, b.log_z)
+
+
+def test_a_dead_states_cache_serves_the_next_prefill_and_a_live_ones_never(backends, beauty):
+    """Cache buffers come back to the backend when their state dies and the next prefill of
+    that batch size reuses them (no fresh pages, nothing to rebind); while a state lives its
+    buffers are its own: another prefill neither takes nor overwrites them."""
+    _, backend = backends["hstu"]
+    out_a, a, _ = _prefill(backend, beauty, [0, 1, 2, 3])
+    held = [v.numpy().copy() for v in a.cache]
+    _, b, _ = _prefill(backend, beauty, [4, 5, 6, 7])
+    assert set(_ptrs(a)).isdisjoint(_ptrs(b))
+    for v, before in zip(a.cache, held):  # b's prefill wrote its own buffers only
+        np.testing.assert_array_equal(v.numpy(), before)
+    a_ptrs = _ptrs(a)
+    del a
+    out_c, c, _ = _prefill(backend, beauty, [0, 1, 2, 3])
+    assert _ptrs(c) == a_ptrs
+    _same(out_c, out_a)
+    for v, before in zip(c.cache, held):
+        np.testing.assert_array_equal(v.numpy(), before)
+
+
+def test_a_reordered_state_gives_its_cache_back_at_its_new_batch(backends, beauty, bundles):
+    """A beam reorder can change a state's batch (4 rows -> 8): its buffers then go back
+    under 8 rows, and the next 8-row prefill runs on them with a fresh backend's results."""
+    _, backend = backends["hstu"]
+    _, state, _ = _prefill(backend, beauty, [0, 1, 2, 3])
+    backend.reorder(state, np.repeat(np.arange(4), 2))
+    assert state.batch == 8 and [v.shape()[0] for v in state.cache] == [8] * len(state.cache)
+    del state
+    users = list(range(10, 18))
+    out, again, _ = _prefill(backend, beauty, users)
+    with get_backend("onnxruntime", bundles["hstu"], threads=1) as fresh:
+        ref, _, _ = _prefill(fresh, beauty, users)
+    _same(out, ref)
+
+
+def test_a_validated_batch_skips_the_range_checks_only(backends, beauty):
+    """``validated`` (set by the loop's batcher, whose requests were checked on entry) skips
+    the id and length range checks; a hand-built batch keeps them, and types and shapes are
+    checked either way."""
+    from genrec.errors import ConfigError
+
+    _, backend = backends["sasrec"]
+    out, _, feed = _prefill(backend, beauty, [0, 1, 2, 3])
+    excl = np.zeros((4, backend.dims.max_exclude), np.int32)
+    bad = feed["item_ids"].copy()
+    bad[0, 0] = backend.dims.num_items + 1
+    with pytest.raises(ConfigError, match="item_ids must be internal ids"):
+        backend.prefill(PrefillBatch(bad, feed["lengths"], excl))
+    with pytest.raises(ConfigError, match="must be integers"):
+        backend.prefill(PrefillBatch(feed["item_ids"].astype(np.float32), feed["lengths"], excl, validated=True))
+    with pytest.raises(ConfigError, match="has shape"):
+        backend.prefill(PrefillBatch(feed["item_ids"][:, :3], feed["lengths"], excl, validated=True))
+    ok, _ = backend.prefill(PrefillBatch(feed["item_ids"], feed["lengths"], excl, validated=True))
+    _same(ok, out)
+
+
+def test_the_loops_batches_are_marked_validated(backends, requests, monkeypatch):
+    _, backend = backends["sasrec"]
+    seen = []
+    real = type(backend).prefill
+    monkeypatch.setattr(type(backend), "prefill", lambda self, batch: (seen.append(batch.validated), real(self, batch))[1])
+    recommend(backend, requests[:5])
+    assert seen and all(seen)
+
+
 def _scatter_graph(extra_reader: str | None = None, reduction: str | None = None):
     """present = ScatterElements(past, idx, row) (+ optionally another node reading past)."""
     from onnx import TensorProto as T, helper

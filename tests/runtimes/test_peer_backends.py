@@ -98,15 +98,15 @@ def test_openvino_reorder_changes_the_gear_then_step_and_rank(backends, openvino
     ref, cand = backends["hstu"][0], openvino_backends("hstu")
     dims = cand.dims
     batch = histories(dims, 4)
-    kept = {k: None if v is None else v.copy() for k, v in vars(batch).items()}
+    kept = {k: v.copy() for k, v in vars(batch).items() if isinstance(v, np.ndarray)}
     (r_out, r_state), (c_out, c_state) = ref.prefill(batch), cand.prefill(batch)
     assert_close_outputs(r_out, c_out)
     first = c_out.topk_ids.copy(), c_out.topk_scores.copy(), c_out.user_emb.copy()
     cand.prefill(histories(dims, 4, seed=1))  # same compiled request, other numbers
     for before, now in zip(first, (c_out.topk_ids, c_out.topk_scores, c_out.user_emb)):
         np.testing.assert_array_equal(now, before)
-    for k, v in vars(batch).items():
-        np.testing.assert_array_equal(v, kept[k])
+    for k, v in kept.items():
+        np.testing.assert_array_equal(getattr(batch, k), v)
 
     index = np.array([3, 0, 0, 1, 2, 3, 1, 2])
     ref.reorder(r_state, index)
