@@ -22,11 +22,11 @@ of preallocated buffers, was rejected because it would not carry over to device 
 Speed (see ``benchmarks/serving_bench.py`` and ``benchmarks/peers_bench.py``): sessions use
 every graph optimisation (``ORT_ENABLE_ALL``), sequential execution and, unless told
 otherwise, one intra-op thread per physical core the process may run on. Each session has its
-own thread pool whose threads spin while its graph runs and stop the moment it returns
-(``session.force_spinning_stop``): threads that spin on after their graph ends (onnxruntime's
-default) steal the cores from the next graph's pool, and threads that never spin pay a wake-up
-for every parallel op (2 threads, idle machine: batch-1 HSTU prefill 11% and batch-64 6%
-slower without spinning). On a host whose cores are already busy, spinning threads fight the
+own thread pool whose threads spin while its graph runs and for at most ``spin_after_us``
+(500 µs) after it returns, then sleep (``spin_window``): threads that spin on after their graph
+ends (onnxruntime's default) steal the cores from the next graph's pool, threads stopped at once
+wake up on every call of the loop, and threads that never spin pay a wake-up for every parallel
+op (2 threads, idle machine: batch-1 HSTU prefill 11% and batch-64 6% slower without spinning). On a host whose cores are already busy, spinning threads fight the
 other work for them (measured under load 3 on 2 cores: 1.4-5x slower): pass
 ``spinning=False`` there (``--backend-option spinning=false``). ``shared_threads=True`` puts
 every session on onnxruntime's process-wide pool instead, but then every other onnxruntime
@@ -82,6 +82,33 @@ def physical_cores() -> int:
         except OSError:
             cores.add(str(cpu))
     return max(1, len(cores))
+
+
+SPIN_AFTER_US = 500  # default of ``spin_after_us``
+SPIN_WINDOW_FROM = (1, 26)  # the first onnxruntime that bounds spinning in time
+
+
+def spin_window(version: str, spin_after_us: int) -> dict[str, str]:
+    """Session settings that let a pool's threads spin for ``spin_after_us`` µs after a run
+    before they sleep (``session.intra_op.spin_duration_us``), or stop them the moment it
+    returns (``session.force_spinning_stop``) where that is 0 or this onnxruntime predates
+    the time bound (an unbounded spin after every run is what ``force_spinning_stop`` is for).
+
+    Why a window: in the decoding loop a graph's calls come with host work between them; a
+    pool stopped at once pays a wake-up of its threads (of an idle vCPU) on every call, a pool
+    that spins on steals the cores of the next session's pool. 2 threads, HSTU T=512, idle VM,
+    against stopping at once: 500 µs made ``recommend`` at batch 1 7% faster and 10-item slates
+    10% (batch 1) and 3% (batch 16) faster; 2000 µs made the batch-16 slate 5% slower than
+    stopping at once, and an unbounded spin 1.8x slower."""
+    try:
+        have = tuple(int(x) for x in version.split(".")[:2])
+    except ValueError:
+        have = (0, 0)
+    if spin_after_us < 0:
+        raise ConfigError(f"onnxruntime backend: spin_after_us must be >= 0, got {spin_after_us}")
+    if spin_after_us == 0 or have < SPIN_WINDOW_FROM:
+        return {"session.force_spinning_stop": "1"}
+    return {"session.force_spinning_stop": "0", "session.intra_op.spin_duration_us": str(spin_after_us)}
 
 
 _SHARED: list[int] = []  # size of the process-wide pool, once this module created it
@@ -193,7 +220,7 @@ class OrtBackend(BackendBase):
                  provider: str = "cpu", provider_options: dict | None = None, device_id: int = 0,
                  intra_op_threads: int | None = None, inter_op_threads: int | None = None,
                  threads: int | None = None, inplace_cache: bool | None = None,
-                 shared_threads: bool = False, spinning: bool = True):
+                 shared_threads: bool = False, spinning: bool = True, spin_after_us: int = SPIN_AFTER_US):
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -227,10 +254,11 @@ class OrtBackend(BackendBase):
             # spin on after their graph ends (onnxruntime's default) steal the cores from the
             # next graph's pool (on 2 cores that made a batch-64 HSTU step after a prefill 2x
             # slower); threads that never spin pay a wake-up for every parallel op instead (a
-            # batch-1 HSTU prefill 1.8x slower on 2 threads). So: spin while a graph runs, stop
-            # the moment it returns (force_spinning_stop), unless spinning=False.
+            # batch-1 HSTU prefill 1.8x slower on 2 threads). So: spin while a graph runs, then
+            # for at most spin_after_us (``spin_window``), unless spinning=False.
             opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-            opts.add_session_config_entry("session.force_spinning_stop", "1")
+            for key, value in spin_window(ort.__version__, spin_after_us).items():
+                opts.add_session_config_entry(key, value)
         ep_opts = dict(provider_options or {})
         if provider != "cpu":
             ep_opts.setdefault("device_id", device_id)
