@@ -104,6 +104,14 @@ def ours_1t(bundle, threads):
     return ours(bundle, 1)
 
 
+def ours_dynamic1(bundle, threads):
+    """Ours without the batch-1 session of fixed shapes (``static_batch1=False``)."""
+    from genrec.runtimes import generate, get_backend
+
+    be = get_backend("onnxruntime", bundle, threads=threads, static_batch1=False)
+    return {"prefill": be.prefill, "slate": lambda reqs, n: generate(be, reqs, n), "close": be.close}
+
+
 def ours_nospin(bundle, threads):
     """Ours with spinning off (``spinning=False``, the setting for a busy host)."""
     from genrec.runtimes import generate, get_backend
@@ -145,7 +153,7 @@ def openvino(bundle, threads):
     return {"prefill": be.prefill, "slate": lambda reqs, n: generate(be, reqs, n), "close": be.close}
 
 
-CONTENDERS = {"ours": ours, "ours-1t": ours_1t, "ours-nospin": ours_nospin, "bare-ort": bare_ort, "torch.compile": torch_compile, "openvino": openvino,
+CONTENDERS = {"ours": ours, "ours-1t": ours_1t, "ours-nospin": ours_nospin, "ours-dynamic1": ours_dynamic1, "bare-ort": bare_ort, "torch.compile": torch_compile, "openvino": openvino,
               "eager": eager}
 
 

@@ -39,6 +39,12 @@ cost 5-15% of a prefill (page faults at batch 64, wrappers at batch 1). A cache 
 already bound is not bound again: a batch-1 prefill that reuses the last state's buffers, or
 a step writing its cache in place, binds its inputs only.
 
+Where 1 is a batch gear, batch 1 runs on a prefill session of its own whose batch axis is
+fixed (``static_batch1``, ``add_free_dimension_override_by_name``): onnxruntime folds the
+graph's shape plumbing at load time and a batch-1 HSTU prefill runs 5% faster, with the same
+outputs bit for bit. It holds a second copy of the prefill's weights, so graphs stored with
+external data (large catalogues) do not get one.
+
 Before a graph is loaded, ``CastLike(x, like)`` nodes
 whose ``like`` has a known element type become ``Cast(x, to=...)`` (the same op by
 definition): the CPU provider has no CastLike kernel, so onnxruntime cannot constant-fold
@@ -153,6 +159,22 @@ def _external(model) -> bool:
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
+STATIC1 = "prefill@1"  # the batch-1 prefill session with a fixed batch axis (``static_batch1``)
+STATIC_MAX_BYTES = 256 << 20  # larger prefill graphs get no second session (its weights are a copy)
+
+
+def batch_dim(model) -> str | None:
+    """The symbolic name of the graph's batch axis (its first input's first dimension)."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim if model.graph.input else []
+    return dims[0].dim_param or None if dims else None
+
+
+def graph_bytes(model: bytes | str) -> float:
+    """Size of a graph as ``load_graph`` hands it over: its bytes; a path means external data,
+    i.e. a graph too large to hold twice (infinite)."""
+    return len(model) if isinstance(model, bytes) else float("inf")
+
+
 def load_graph(path: Path) -> tuple[bytes | str, object]:
     """(what to hand ``InferenceSession``, the graph without external data) for the graph file
     at ``path``, read from disk once: its bytes (CastLike folded, see ``fold_castlike``), or
@@ -220,7 +242,8 @@ class OrtBackend(BackendBase):
                  provider: str = "cpu", provider_options: dict | None = None, device_id: int = 0,
                  intra_op_threads: int | None = None, inter_op_threads: int | None = None,
                  threads: int | None = None, inplace_cache: bool | None = None,
-                 shared_threads: bool = False, spinning: bool = True, spin_after_us: int = SPIN_AFTER_US):
+                 shared_threads: bool = False, spinning: bool = True, spin_after_us: int = SPIN_AFTER_US,
+                 static_batch1: bool = True):
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -238,16 +261,21 @@ class OrtBackend(BackendBase):
                 f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu "
                 "for cuda, or an onnxruntime built with CANN (and source CANN's set_env.sh) for cann")
         self._ort, self._device_id = ort, device_id
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # errors only: graph-optimizer notes are not for users
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of ops: no inter-op pool
         asked = intra_op_threads or threads
         self.intra_op_threads = asked or (physical_cores() if provider == "cpu" else 0)
         if shared_threads:
             self.intra_op_threads = shared_pool(ort, self.intra_op_threads, asked)
-            opts.use_per_session_threads = False  # the process-wide pool: one set of threads for all graphs
-        else:
+
+        def options(fixed: dict[str, int] | None = None):
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3  # errors only: graph-optimizer notes are not for users
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of ops: no inter-op pool
+            for dim, size in (fixed or {}).items():
+                opts.add_free_dimension_override_by_name(dim, size)
+            if shared_threads:
+                opts.use_per_session_threads = False  # the process-wide pool: one set of threads for all graphs
+                return opts
             opts.intra_op_num_threads = self.intra_op_threads
             opts.inter_op_num_threads = inter_op_threads or 0
             # each session has its own pool and the graphs run one after another: threads that
@@ -259,6 +287,9 @@ class OrtBackend(BackendBase):
             opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
             for key, value in spin_window(ort.__version__, spin_after_us).items():
                 opts.add_session_config_entry(key, value)
+            return opts
+
+        opts = options()
         ep_opts = dict(provider_options or {})
         if provider != "cpu":
             ep_opts.setdefault("device_id", device_id)
@@ -271,14 +302,21 @@ class OrtBackend(BackendBase):
         def session(model):
             return ort.InferenceSession(model, sess_options=opts, providers=providers)
 
-        protos = {}
+        protos, models = {}, {}
 
         def graph(name):
-            model, protos[name] = load_graph(bundle.graph_path(name, precision))
-            return session(model)
+            models[name], protos[name] = load_graph(bundle.graph_path(name, precision))
+            return session(models[name])
 
         self.precision = precision
         self._sess = {g: graph(g) for g in ("prefill", "step", "rank")}
+        dim = batch_dim(protos["prefill"])
+        if static_batch1 and 1 in bundle.dims.batch_gears and dim and graph_bytes(models["prefill"]) <= STATIC_MAX_BYTES:
+            # batch 1 on its own session, the batch axis fixed: onnxruntime then folds the
+            # graph's shape plumbing (Shape, Expand, ConstantOfShape, Concat of shapes) at load
+            # time. Batch-1 HSTU prefill 5% faster on 1 and 2 threads; same outputs bit for bit.
+            self._sess[STATIC1] = ort.InferenceSession(models["prefill"], sess_options=options({dim: 1}),
+                                                       providers=providers)
         # host outputs per graph: (name, shape with None for the batch axis, dtype), read once
         self._host_outputs = {
             g: [(o.name, [None if isinstance(d, str) or d is None else d for d in o.shape], _NP[o.type])
@@ -380,7 +418,7 @@ class OrtBackend(BackendBase):
             feeds |= {"timestamps": batch.timestamps, "request_time": batch.request_time}
         feeds["exclude_ids"] = batch.exclude_ids
         lease = self._lease(b)
-        host = self._run("prefill", feeds, b, cache_out=lease.cache)
+        host = self._run(STATIC1 if b == 1 and STATIC1 in self._sess else "prefill", feeds, b, cache_out=lease.cache)
         state = OrtState(lease)
         weakref.finalize(state, self._give_back, lease)
         return self._output(host), state

@@ -267,3 +267,26 @@ def test_every_spin_setting_gives_the_same_results(bundles, requests):
         with get_backend("onnxruntime", bundles["hstu"], threads=2, spin_after_us=us) as backend:
             outs.append([r.items for r in generate(backend, requests[:12], 4)])
     assert outs[0] == outs[1]
+
+
+def test_batch_one_runs_on_a_session_of_fixed_shapes_with_the_same_results(bundles, beauty):
+    """With 1 among the gears, batch 1 gets its own prefill session with the batch axis fixed
+    (onnxruntime folds the shape work): bit for bit what the dynamic session gives, and the
+    other batch sizes and ``static_batch1=False`` keep the dynamic one."""
+    from genrec.runtimes.onnxrt import STATIC1
+
+    with get_backend("onnxruntime", bundles["hstu"], threads=1) as fixed, \
+            get_backend("onnxruntime", bundles["hstu"], threads=1, static_batch1=False) as dynamic:
+        assert STATIC1 in fixed._sess and STATIC1 not in dynamic._sess
+        for users in ([5], [5, 6, 7, 8]):
+            a, sa, feed = _prefill(fixed, beauty, users)
+            b, sb, _ = _prefill(dynamic, beauty, users)
+            _same(a, b)
+            np.testing.assert_array_equal(a.user_emb, b.user_emb)
+            for x, y in zip(sa.cache, sb.cache):
+                np.testing.assert_array_equal(x.numpy(), y.numpy())
+            ts = feed.get("request_time")
+            step = [be.step(s, o.topk_ids[:, 0], feed["lengths"], ts, np.zeros((len(users), be.dims.max_exclude), np.int32))
+                    for be, s, o in ((fixed, sa, a), (dynamic, sb, b))]
+            _same(*step)
+        assert {(STATIC1, 1), ("prefill", 4)} <= set(fixed._bindings) and ("prefill", 1) not in fixed._bindings
