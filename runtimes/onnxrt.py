@@ -42,8 +42,8 @@ a step writing its cache in place, binds its inputs only.
 Where 1 is a batch gear, batch 1 runs on a prefill session of its own whose batch axis is
 fixed (``static_batch1``, ``add_free_dimension_override_by_name``): onnxruntime folds the
 graph's shape plumbing at load time and a batch-1 HSTU prefill runs 5% faster, with the same
-outputs bit for bit. It holds a second copy of the prefill's weights, so graphs stored with
-external data (large catalogues) do not get one.
+outputs bit for bit. It holds a second copy of the prefill's weights, so prefill graphs over
+64 MiB or stored with external data (large catalogues) do not get one.
 
 Before a graph is loaded, ``CastLike(x, like)`` nodes
 whose ``like`` has a known element type become ``Cast(x, to=...)`` (the same op by
@@ -160,7 +160,7 @@ def _external(model) -> bool:
 
 
 STATIC1 = "prefill@1"  # the batch-1 prefill session with a fixed batch axis (``static_batch1``)
-STATIC_MAX_BYTES = 256 << 20  # larger prefill graphs get no second session (its weights are a copy)
+STATIC_MAX_BYTES = 64 << 20  # larger prefill graphs get no second session (its weights would be a copy)
 
 
 def batch_dim(model) -> str | None:
