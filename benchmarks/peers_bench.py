@@ -92,10 +92,10 @@ def make_bundle(root: Path, t: int, gears: tuple[int, ...]) -> Path:
 # contenders: each a factory (bundle, threads) -> {"prefill": fn(batch), "slate": fn(requests)}
 
 
-def ours(bundle, threads):
+def ours(bundle, threads, **options):
     from genrec.runtimes import generate, get_backend
 
-    be = get_backend("onnxruntime", bundle, threads=threads)
+    be = get_backend("onnxruntime", bundle, threads=threads, **options)
     return {"prefill": be.prefill, "slate": lambda reqs, n: generate(be, reqs, n), "close": be.close}
 
 
@@ -106,18 +106,12 @@ def ours_1t(bundle, threads):
 
 def ours_dynamic1(bundle, threads):
     """Ours without the batch-1 session of fixed shapes (``static_batch1=False``)."""
-    from genrec.runtimes import generate, get_backend
-
-    be = get_backend("onnxruntime", bundle, threads=threads, static_batch1=False)
-    return {"prefill": be.prefill, "slate": lambda reqs, n: generate(be, reqs, n), "close": be.close}
+    return ours(bundle, threads, static_batch1=False)
 
 
 def ours_nospin(bundle, threads):
     """Ours with spinning off (``spinning=False``, the setting for a busy host)."""
-    from genrec.runtimes import generate, get_backend
-
-    be = get_backend("onnxruntime", bundle, threads=threads, spinning=False)
-    return {"prefill": be.prefill, "slate": lambda reqs, n: generate(be, reqs, n), "close": be.close}
+    return ours(bundle, threads, spinning=False)
 
 
 def bare_ort(bundle, threads):

@@ -26,6 +26,7 @@ copy, and no other node can see the updated buffer too early.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -183,21 +184,14 @@ def _scalar_constants(graph: Any) -> dict[str, Any]:
 
     out = {}
     for t in graph.initializer:
-        if len(t.dims) <= 1 and _size(t.dims) == 1:
+        if len(t.dims) <= 1 and math.prod(t.dims) == 1:
             out[t.name] = numpy_helper.to_array(t).reshape(())
     for n in graph.node:
         if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
             for a in n.attribute:
-                if a.name == "value" and _size(a.t.dims) == 1:
+                if a.name == "value" and math.prod(a.t.dims) == 1:
                     out[n.output[0]] = numpy_helper.to_array(a.t).reshape(())
     return out
-
-
-def _size(dims) -> int:
-    size = 1
-    for d in dims:
-        size *= d
-    return size
 
 
 def max_min_to_clip(model: Any) -> int:

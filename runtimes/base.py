@@ -161,8 +161,10 @@ class BackendBase(abc.ABC):
             raise ConfigError(f"{self.name} backend: batch {b} is not one of the batch gears "
                               f"{list(self.dims.batch_gears)}; pad the batch to a gear")
 
-    def _ids(self, x: Any, shape: tuple[int, ...], what: str, low: int = 0) -> np.ndarray:
+    def _ids(self, x: Any, shape: tuple[int, ...], what: str, low: int = 0, ranges: bool = True) -> np.ndarray:
         a = _i32(x, shape, what, f"{self.name} backend")
+        if not ranges:  # a batch the loop built from validated requests (PrefillBatch.validated)
+            return a
         # one pass instead of a min and a max (a batch-1 prefill checks two id arrays): seen as
         # uint32, an id below ``low`` wraps past every valid one
         u = a.view(np.uint32) if low == 0 else a.view(np.uint32) - np.uint32(low)
@@ -226,11 +228,10 @@ class BackendBase(abc.ABC):
         lengths = _i32(batch.lengths, (b,), "lengths", where)
         if ranges and int((lengths.view(np.uint32) - np.uint32(1)).max()) >= d.max_history:  # 1..T, one pass
             raise ConfigError(f"{self.name} backend: lengths must be in 1..{d.max_history}")
-        ids = self._ids if ranges else (lambda x, shape, what: _i32(x, shape, what, where))
         checked = PrefillBatch(
-            item_ids=ids(batch.item_ids, (b, d.max_history), "item_ids"),
+            item_ids=self._ids(batch.item_ids, (b, d.max_history), "item_ids", ranges=ranges),
             lengths=lengths,
-            exclude_ids=ids(batch.exclude_ids, (b, d.max_exclude), "exclude_ids"),
+            exclude_ids=self._ids(batch.exclude_ids, (b, d.max_exclude), "exclude_ids", ranges=ranges),
             validated=batch.validated,
         )
         if d.needs_timestamps:

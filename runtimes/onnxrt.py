@@ -26,7 +26,8 @@ own thread pool whose threads spin while its graph runs and for at most ``spin_a
 (500 µs) after it returns, then sleep (``spin_window``): threads that spin on after their graph
 ends (onnxruntime's default) steal the cores from the next graph's pool, threads stopped at once
 wake up on every call of the loop, and threads that never spin pay a wake-up for every parallel
-op (2 threads, idle machine: batch-1 HSTU prefill 11% and batch-64 6% slower without spinning). On a host whose cores are already busy, spinning threads fight the
+op (2 threads, idle machine: batch-1 HSTU prefill 11% and batch-64 6% slower without spinning).
+On a host whose cores are already busy, spinning threads fight the
 other work for them (measured under load 3 on 2 cores: 1.4-5x slower): pass
 ``spinning=False`` there (``--backend-option spinning=false``). ``shared_threads=True`` puts
 every session on onnxruntime's process-wide pool instead, but then every other onnxruntime
@@ -203,6 +204,16 @@ def gather_rows_model(specs: list[tuple[str, list, str]]):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
 
 
+class _Bound:
+    """One (graph, batch)'s IOBinding, its host output arrays, and the cache lists bound to it
+    as input and as output (rebound only when another list comes)."""
+
+    __slots__ = ("binding", "host", "cache_in", "cache_out")
+
+    def __init__(self, binding, host: dict[str, np.ndarray]):
+        self.binding, self.host, self.cache_in, self.cache_out = binding, host, None, None
+
+
 class _Lease:
     """The cache buffers of one live state: ``cache`` (C-level OrtValues the next run reads as
     ``past_*``) and ``spare`` (the same shapes, a run may write into; None until needed). Lists
@@ -215,6 +226,14 @@ class _Lease:
 class OrtState(State):
     def __init__(self, lease: _Lease):
         self.lease = lease
+
+    @property
+    def batch(self) -> int:  # the base sets it after prefill and reorder; the lease keeps it
+        return self.lease.batch
+
+    @batch.setter
+    def batch(self, value: int) -> None:
+        self.lease.batch = value
 
     @property
     def cache(self) -> list:
@@ -329,7 +348,7 @@ class OrtBackend(BackendBase):
         self._present = ["present_" + n[len("past_"):] for n in self._past]
         self._cache_specs = [(i.name, i.shape, i.type) for i in past]
         self._gather = session(gather_rows_model(self._cache_specs).SerializeToString())
-        self._bindings: dict[tuple[str, int], list] = {}
+        self._bindings: dict[tuple[str, int], _Bound] = {}
         self._free: dict[int, list[list]] = {}  # batch -> cache sets no live state holds
         if inplace_cache is None:
             inplace_cache = provider == "cpu"
@@ -342,9 +361,8 @@ class OrtBackend(BackendBase):
         return [new([b, *shape[1:]], _NP[t], self._device, self._device_id)._ortvalue
                 for _, shape, t in self._cache_specs]
 
-    def _binding(self, graph: str, b: int) -> list:
-        """[IOBinding, host output arrays, cache list bound as input, as output] of ``graph`` at
-        batch ``b``, made on first use.
+    def _binding(self, graph: str, b: int) -> _Bound:
+        """The binding record of ``graph`` at batch ``b``, made on first use.
 
         The small outputs stay bound to the same host arrays from call to call and are copied
         out after each run (a few hundred bytes), instead of wrapping fresh arrays in OrtValues
@@ -360,7 +378,7 @@ class OrtBackend(BackendBase):
             for name, shape, dtype in self._host_outputs[graph]:
                 host[name] = arr = np.empty([b if d is None else d for d in shape], dtype=dtype)
                 binding.bind_ortvalue_output(name, self._ort.OrtValue.ortvalue_from_numpy(arr)._ortvalue)
-            made = self._bindings[key] = [binding, host, None, None]
+            made = self._bindings[key] = _Bound(binding, host)
         return made
 
     def _lease(self, b: int) -> _Lease:
@@ -388,19 +406,19 @@ class OrtBackend(BackendBase):
         """Run one graph: host feeds in, cache bound in/out, small outputs copied to new host
         arrays."""
         made = self._binding(graph, b)
-        binding, host = made[0], made[1]
+        binding = made.binding
         for name, arr in feeds.items():
             binding.bind_input(name, arr)
-        if cache_in is not None and cache_in is not made[2]:
+        if cache_in is not None and cache_in is not made.cache_in:
             for name, value in zip(self._past, cache_in):
                 binding.bind_ortvalue_input(name, value)
-            made[2] = cache_in
-        if cache_out is not None and cache_out is not made[3]:
+            made.cache_in = cache_in
+        if cache_out is not None and cache_out is not made.cache_out:
             for name, value in zip(self._present, cache_out):
                 binding.bind_ortvalue_output(name, value)
-            made[3] = cache_out
+            made.cache_out = cache_out
         self._sess[graph]._sess.run_with_iobinding(binding, None)
-        return {name: arr.copy() for name, arr in host.items()}
+        return {name: arr.copy() for name, arr in made.host.items()}
 
     def _output(self, host: dict[str, np.ndarray]) -> StepOutput:
         return StepOutput(host["topk_ids"], host["topk_scores"], host["log_z"], host.get("user_emb"))
@@ -451,7 +469,6 @@ class OrtBackend(BackendBase):
         self._gather._sess.run_with_iobinding(binding, None)
         # the gathered rows become the cache; the old set is the next spare if its batch fits
         state.cache, state.spare = out, state.cache if state.batch == n else None
-        state.lease.batch = n
 
     def _rank(self, state: OrtState, candidates, position, timestamp) -> np.ndarray:
         feeds = {"candidates": candidates, "position": position}
