@@ -1,6 +1,6 @@
 """Where an onnxruntime prefill spends its time, per op type, at 1 thread and at 2.
 
-    python benchmarks/ort_profile.py BUNDLE [--batch 64] [--runs 15] [--by op|node] [--out profile.md]
+    python benchmarks/ort_profile.py BUNDLE [--batch 64] [--runs 15] [--by op|node] [--as-exported] [--out profile.md]
 
 onnxruntime's own profiler (``enable_profiling``) on the bundle's ``prefill.onnx`` with the
 backend's graph rewrites, full-length synthetic histories (``peers_bench.prefill_batch``), the
@@ -22,17 +22,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def profile(bundle: str, batch: int, threads: int, runs: int, prefix: str, by: str = "op") -> dict[str, float]:
-    """ms per run by op type (``by="op"``) or by node (``"node"``: "name (op)")."""
+def profile(bundle: str, batch: int, threads: int, runs: int, prefix: str, by: str = "op",
+            bitcast: bool = True) -> dict[str, float]:
+    """ms per run by op type (``by="op"``) or by node (``"node"``: "name (op)"); ``bitcast``: the
+    graph as the backend loads it on the CPU (``bitcast_buckets``), else as exported."""
     import onnxruntime as ort
 
     from genrec.runtimes import get_backend
-    from genrec.runtimes.onnxrt import load_graph
+    from genrec.runtimes.onnxrt import bitcast_supported, load_graph
     from peers_bench import prefill_batch
 
     with get_backend("onnxruntime", bundle, threads=1) as be:
         feeds_src = prefill_batch(batch, be.dims)
-    model, _ = load_graph(Path(bundle) / "prefill.onnx")
+    model, _ = load_graph(Path(bundle) / "prefill.onnx", bitcast_buckets=bitcast and bitcast_supported(ort))
     o = ort.SessionOptions()
     o.intra_op_num_threads = threads
     o.enable_profiling = True
@@ -63,9 +65,10 @@ def main() -> None:
     p.add_argument("--out", default=None, help="write the table here (markdown)")
     p.add_argument("--by", choices=("op", "node"), default="op", help="sum kernel time per op type or per node")
     p.add_argument("--top", type=int, default=20, help="rows in the table")
+    p.add_argument("--as-exported", action="store_true", help="keep the time-bucket Log (bitcast_buckets=False)")
     args = p.parse_args()
-    one = profile(args.bundle, args.batch, 1, args.runs, "/tmp/genrec-prof-1t", args.by)
-    two = profile(args.bundle, args.batch, 2, args.runs, "/tmp/genrec-prof-2t", args.by)
+    one = profile(args.bundle, args.batch, 1, args.runs, "/tmp/genrec-prof-1t", args.by, not args.as_exported)
+    two = profile(args.bundle, args.batch, 2, args.runs, "/tmp/genrec-prof-2t", args.by, not args.as_exported)
     lines = [f"prefill kernel time by {'op type' if args.by == 'op' else 'node'}, batch {args.batch}, {args.runs} runs: "
              f"1 thread {sum(one.values()):.2f} ms, 2 threads {sum(two.values()):.2f} ms", "",
              f"| {args.by} | 1 thread (ms) | 2 threads (ms) | scale |", "|---|---|---|---|"]

@@ -16,38 +16,8 @@ import pytest
 import torch
 from torch import nn
 
+from bucket_gaps import CONFIGS, INT32_MAX, gap_set, meta_bucket, naive_bucket
 from genrec.models.hstu import HSTUConfig, bucket_bounds, time_buckets
-
-INT32_MAX = 2 ** 31 - 1
-CONFIGS = [(128, 0.301), (16, 0.301), (128, 0.1)]  # Meta's; a top bucket int32 reaches; one it passes
-
-
-def meta_bucket(x: torch.Tensor, num_buckets: int, divisor: float) -> torch.Tensor:
-    """Meta's research code, verbatim but for the parameters (MODELS.md §1.3)."""
-    return torch.clamp((torch.log(torch.abs(x).clamp(min=1)) / divisor).long(), 0, num_buckets)
-
-
-def naive_bucket(x: torch.Tensor, num_buckets: int, divisor: float) -> torch.Tensor:
-    """The former float-only bucket, to show the gap set hits the edges where it goes wrong."""
-    mag = x.abs().clamp_min(1).to(torch.float32)
-    return (torch.log(mag) * (1.0 / divisor)).to(torch.int64).clamp(0, num_buckets)
-
-
-def edges(num_buckets: int, divisor: float) -> np.ndarray:
-    """Smallest gap of each bucket >= 1 that int32 reaches (from the table under test)."""
-    return np.array(bucket_bounds(num_buckets, divisor)[:-1], dtype=np.int64) + 1
-
-
-def gap_set(num_buckets: int, divisor: float, random: int = 1_000_000) -> np.ndarray:
-    near = (edges(num_buckets, divisor)[:, None] + np.arange(-64, 65)[None, :]).ravel()
-    near = np.unique(np.clip(near, 0, INT32_MAX))
-    rng = np.random.default_rng(0)
-    extremes = np.array([0, 1, 2, 3, INT32_MAX - 1, INT32_MAX])
-    spread = rng.integers(-INT32_MAX, INT32_MAX, random, endpoint=True)
-    log_uniform = np.minimum(np.exp(rng.uniform(0, np.log(INT32_MAX), random)), INT32_MAX).astype(np.int64)
-    log_uniform *= rng.choice([-1, 1], random)
-    return np.concatenate([near, -near, extremes, -extremes, spread, log_uniform]).astype(np.int32)
-
 
 @pytest.mark.parametrize("num_buckets, divisor", CONFIGS)
 def test_edge_table_is_the_steps_of_a_monotone_reference(num_buckets, divisor):
@@ -132,3 +102,13 @@ def test_exported_graph_buckets_equal_metas_on_every_gap_near_an_edge(num_bucket
     np.testing.assert_array_equal(row[:, 0], ref[:, -1])
     onnx.save_model(proto, str(tmp_path / "buckets.onnx"))  # standard ops only: ATC parses it
     assert not [f for f in lint_model(tmp_path / "buckets.onnx") if f.severity == "error"]
+
+    # the onnxruntime backend's copy: the Log estimate replaced by a lookup of the float's bits
+    from genrec.bucket_table import bitcast_time_buckets
+
+    assert bitcast_time_buckets(proto) == 2 and "Log" not in {n.op_type for n in proto.graph.node}
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    block, row = sess.run(None, {"nxt": g, "ts": np.zeros((len(g), 1), np.int32), "request_time": g[:, -1].copy()})
+    bad = np.nonzero(block.reshape(g.shape) != ref)
+    assert bad[0].size == 0, f"bit cells: {bad[0].size} of {g.size} gaps differ, e.g. {g[bad][:5]}"
+    np.testing.assert_array_equal(row[:, 0], ref[:, -1])

@@ -290,3 +290,50 @@ def test_batch_one_runs_on_a_session_of_fixed_shapes_with_the_same_results(bundl
                     for be, s, o in ((fixed, sa, a), (dynamic, sb, b))]
             _same(*step)
         assert {(STATIC1, 1), ("prefill", 4)} <= set(fixed._bindings) and ("prefill", 1) not in fixed._bindings
+
+
+def test_bitcast_buckets_change_the_loaded_graph_not_one_result(bundles, beauty, requests):
+    """On the CPU the HSTU graphs are loaded with their time-bucket Log replaced by a lookup of
+    the float's bit cell (``genrec.bucket_table``): no bucket Log is left in the graph that
+    runs, and prefill, step, rank and whole slates are bit for bit those of the graph as
+    exported (``bitcast_buckets=False``)."""
+    import onnx
+
+    from genrec.bundle import load_bundle
+    from genrec.runtimes.onnxrt import load_graph
+
+    path = load_bundle(bundles["hstu"]).graph_path("prefill", "fp32")
+    logs = {n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Log"}
+    model, proto = load_graph(path, bitcast_buckets=True)
+    left = {n.name for n in proto.graph.node if n.op_type == "Log"}
+    assert isinstance(model, bytes) and onnx.load_from_string(model).opset_import[0].version == 26
+    assert len(logs - left) >= 2 and len(left) == 1  # every bucket Log; the log-sum-exp's stays
+    with get_backend("onnxruntime", bundles["hstu"], threads=1) as fast, \
+            get_backend("onnxruntime", bundles["hstu"], threads=1, bitcast_buckets=False) as plain:
+        assert fast.bitcast_buckets and not plain.bitcast_buckets
+        for users in ([5], [5, 6, 7, 8], list(range(20, 28))):
+            a, sa, feed = _prefill(fast, beauty, users)
+            b, sb, _ = _prefill(plain, beauty, users)
+            _same(a, b)
+            np.testing.assert_array_equal(a.user_emb, b.user_emb)
+            for x, y in zip(sa.cache, sb.cache):
+                np.testing.assert_array_equal(x.numpy(), y.numpy())
+            excl = np.zeros((len(users), fast.dims.max_exclude), np.int32)
+            _same(*[be.step(s, o.topk_ids[:, 0], feed["lengths"], feed["request_time"], excl)
+                    for be, s, o in ((fast, sa, a), (plain, sb, b))])
+        slates = [[(r.items, r.scores) for r in generate(be, requests[:16], 5, SearchParams("beam", num_beams=3))]
+                  for be in (fast, plain)]
+        assert slates[0] == slates[1]
+        ranked = [[(r.items, r.scores) for r in rank(be, requests[:16])] for be in (fast, plain)]
+        assert ranked[0] == ranked[1]
+
+
+def test_bitcast_buckets_asked_of_an_onnxruntime_without_bitcast_is_a_config_error(bundles, monkeypatch):
+    from genrec.errors import ConfigError
+    from genrec.runtimes import onnxrt
+
+    monkeypatch.setitem(onnxrt._BITCAST, ort.__version__, False)  # as the probe finds on onnxruntime 1.18
+    with pytest.raises(ConfigError, match="BitCast"):
+        get_backend("onnxruntime", bundles["hstu"], threads=1, bitcast_buckets=True)
+    with get_backend("onnxruntime", bundles["hstu"], threads=1) as backend:  # unset: the graph as exported
+        assert not backend.bitcast_buckets
