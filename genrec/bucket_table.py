@@ -10,7 +10,7 @@ Abs, and with the Mul and Cast around it about a tenth of a batch-64 HSTU prefil
 The estimate only has to be the reference bucket or one below it. The top bits of a float32
 already are a logarithm: ``bits(float(|Δ|)) >> k`` names a cell of relative width
 2^(k-23), and where no cell holds more than one bucket edge (HSTU's edges are e^0.301 = 1.35x
-apart, a cell at k = 20 is 1.125x wide) a table of each cell's lowest bucket is such an
+apart, a cell at k = 21 is 1.25x wide) a table of each cell's lowest bucket is such an
 estimate, exact by construction instead of up to a Log's rounding. ``bitcast_time_buckets``
 replaces ``Log → Mul → Cast`` by ``BitCast → BitShift → BitCast → GatherElements(table)``
 (int ops that onnxruntime runs at the speed of a copy) and leaves the comparison with the edge
@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 OPSET = 26  # BitCast's first opset
-FLOAT_ONE = 0x3F800000  # bits of 1.0f: |Δ| is clamped to >= 1 before the cast
 FLOAT_2_31 = 0x4F000000  # bits of 2^31: float(INT32_MAX) rounds up to it
 # ops in the graphs we export whose schema changed between opset 18 and 26 by adding element
 # types only (plus Cast's ``saturate`` for float8 and ReduceMax's bool): a graph made of these
