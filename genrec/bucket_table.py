@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from .onnx_graph import _all_inputs, _readers
+
 OPSET = 26  # BitCast's first opset
 FLOAT_2_31 = 0x4F000000  # bits of 2^31: float(INT32_MAX) rounds up to it
 # ops in the graphs we export whose schema changed between opset 18 and 26 by adding element
@@ -135,10 +137,7 @@ def bitcast_time_buckets(model: Any) -> int:
     if not any(n.op_type == "Log" for n in graph.node) or not _can_raise_opset(model):
         return 0
     producer = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list[Any]] = {}
-    for n in graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    readers = {name: [node for node, _ in uses] for name, uses in _readers(graph).items()}
     outputs = {o.name for o in graph.output}
 
     def only_reader(name: str, op: str) -> Any:
@@ -262,7 +261,7 @@ def _toposort(graph: Any) -> None:
 
 
 def _drop_unused_initializers(graph: Any) -> None:
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    used = _all_inputs(graph) | {o.name for o in graph.output}
     keep = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)

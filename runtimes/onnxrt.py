@@ -185,7 +185,7 @@ def graph_bytes(model: bytes | str) -> float:
 
 def load_graph(path: Path, *, bitcast_buckets: bool = False) -> tuple[bytes | str, object]:
     """(what to hand ``InferenceSession``, the graph without external data) for the graph file
-    at ``path``, read from disk once: its bytes (CastLike folded, see ``fold_castlike``; with
+    at ``path``, read from disk once: its bytes (CastLike folded, ``castlike_to_cast``; with
     ``bitcast_buckets``, HSTU's time-bucket Log replaced by a bit-cell lookup, see
     ``genrec.bucket_table``), or its path when weights are external (they resolve against it,
     and the graph runs as it is)."""

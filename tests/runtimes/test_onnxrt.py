@@ -83,6 +83,20 @@ def _same(a, b) -> None:
     np.testing.assert_array_equal(a.log_z, b.log_z)
 
 
+def _same_prefill_and_step(one, other, beauty, users) -> None:
+    """Prefill ``users`` on two backends, then one step from each top item: outputs, user
+    embedding and cache bit for bit the same."""
+    a, sa, feed = _prefill(one, beauty, users)
+    b, sb, _ = _prefill(other, beauty, users)
+    _same(a, b)
+    np.testing.assert_array_equal(a.user_emb, b.user_emb)
+    for x, y in zip(sa.cache, sb.cache):
+        np.testing.assert_array_equal(x.numpy(), y.numpy())
+    excl = np.zeros((len(users), one.dims.max_exclude), np.int32)
+    _same(*[be.step(s, o.topk_ids[:, 0], feed["lengths"], feed.get("request_time"), excl)
+            for be, s, o in ((one, sa, a), (other, sb, b))])
+
+
 def test_a_dead_states_cache_serves_the_next_prefill_and_a_live_ones_never(backends, beauty):
     """Cache buffers come back to the backend when their state dies and the next prefill of
     that batch size reuses them (no fresh pages, nothing to rebind); while a state lives its
@@ -279,16 +293,7 @@ def test_batch_one_runs_on_a_session_of_fixed_shapes_with_the_same_results(bundl
             get_backend("onnxruntime", bundles["hstu"], threads=1, static_batch1=False) as dynamic:
         assert STATIC1 in fixed._sess and STATIC1 not in dynamic._sess
         for users in ([5], [5, 6, 7, 8]):
-            a, sa, feed = _prefill(fixed, beauty, users)
-            b, sb, _ = _prefill(dynamic, beauty, users)
-            _same(a, b)
-            np.testing.assert_array_equal(a.user_emb, b.user_emb)
-            for x, y in zip(sa.cache, sb.cache):
-                np.testing.assert_array_equal(x.numpy(), y.numpy())
-            ts = feed.get("request_time")
-            step = [be.step(s, o.topk_ids[:, 0], feed["lengths"], ts, np.zeros((len(users), be.dims.max_exclude), np.int32))
-                    for be, s, o in ((fixed, sa, a), (dynamic, sb, b))]
-            _same(*step)
+            _same_prefill_and_step(fixed, dynamic, beauty, users)
         assert {(STATIC1, 1), ("prefill", 4)} <= set(fixed._bindings) and ("prefill", 1) not in fixed._bindings
 
 
@@ -312,15 +317,7 @@ def test_bitcast_buckets_change_the_loaded_graph_not_one_result(bundles, beauty,
             get_backend("onnxruntime", bundles["hstu"], threads=1, bitcast_buckets=False) as plain:
         assert fast.bitcast_buckets and not plain.bitcast_buckets
         for users in ([5], [5, 6, 7, 8], list(range(20, 28))):
-            a, sa, feed = _prefill(fast, beauty, users)
-            b, sb, _ = _prefill(plain, beauty, users)
-            _same(a, b)
-            np.testing.assert_array_equal(a.user_emb, b.user_emb)
-            for x, y in zip(sa.cache, sb.cache):
-                np.testing.assert_array_equal(x.numpy(), y.numpy())
-            excl = np.zeros((len(users), fast.dims.max_exclude), np.int32)
-            _same(*[be.step(s, o.topk_ids[:, 0], feed["lengths"], feed["request_time"], excl)
-                    for be, s, o in ((fast, sa, a), (plain, sb, b))])
+            _same_prefill_and_step(fast, plain, beauty, users)
         slates = [[(r.items, r.scores) for r in generate(be, requests[:16], 5, SearchParams("beam", num_beams=3))]
                   for be in (fast, plain)]
         assert slates[0] == slates[1]
