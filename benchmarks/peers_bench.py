@@ -220,7 +220,7 @@ def main(args) -> dict:
 
     names = [c for c in args.contenders.split(",") if c]
     batches = [int(x) for x in args.batches.split(",")]
-    slate_batches = batches if args.curve else [int(x) for x in args.slate_batches.split(",")]
+    slate_batches = batches if args.curve else [int(x) for x in args.slate_batches.split(",") if x.strip()]
     report = {"threads": args.threads, "rounds": args.rounds, "repeat": args.repeat,
               "load_before": list(os.getloadavg()), "cpu": os.cpu_count(), "rows": [], "skipped": {}}
     tmp = tempfile.TemporaryDirectory(prefix="peers-bench-")

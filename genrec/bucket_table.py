@@ -16,6 +16,14 @@ replaces ``Log → Mul → Cast`` by ``BitCast → BitShift → BitCast → Gath
 (int ops that onnxruntime runs at the speed of a copy) and leaves the comparison with the edge
 table, and so the bucket, as it was: outputs are bit for bit those of the exported graph.
 
+Where the bucket is read only by the layers' bias lookups ``w[bucket]`` (the prefill's row
+blocks, the step's and rank's rows), the rewrite goes one step further (``fused_table``): the
+edge threshold is read by cell too, and the comparison's 0/1 moves the bias lookup to the next
+cell, ``W[c + (|Δ| > thr[c])]`` with ``W = w[est]``, valid where every cell with an edge inside
+is followed by one that starts one bucket up (checked when the table is made; HSTU's default
+passes). That drops a GatherElements, the Clip(>= 1) and the row-view reshapes of each
+(B, rows, T) bucket pass: a batch-1 HSTU prefill on 2 threads 6% faster, batch 64 3.5%.
+
 ``BitCast`` is ONNX opset 26, which ATC does not take: the rewrite is for onnxruntime only and
 is applied when the onnxruntime backend loads a graph; bundles keep the standard graph.
 """
@@ -130,7 +138,9 @@ def bitcast_time_buckets(model: Any) -> int:
     The cell table is made from the graph's own edge table, so the bucket, and with it every
     output, stays bit for bit the same (see the module docstring). The new lookup borrows the
     edge lookup's shapes: the index as (rows of its first axis, rest), the table as that many
-    copies (a few KB)."""
+    copies (a few KB). A bucket read only by bias lookups is folded into them
+    (``fused_table``, nodes ``fused_bucket_*``); otherwise the estimate alone is replaced
+    (``bitcast_bucket_*``). What the rewrite leaves unread is removed."""
     from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
@@ -192,11 +202,54 @@ def bitcast_time_buckets(model: Any) -> int:
         if sub.input[1] != gather.output[0] and (edge is None or edge.input[0] != gather.output[0]):
             return None
         picked = pick_table(table[0])
-        return None if picked is None else (to_float, log, mul, to_int, (reshape, expand.input[1]), picked)
+        if picked is None:
+            return None
+        return (to_float, log, mul, to_int, (reshape, expand.input[1]), picked), (low, add, table[0])
 
-    plans = [plan for log in graph.node if log.op_type == "Log" and (plan := match(log)) is not None]
-    if not plans:
+    def same_value(a: str, b: str, depth: int = 8) -> bool:
+        """Whether values ``a`` and ``b`` are equal by construction: one name, equal constants,
+        or the same deterministic op of equal inputs (each layer exports its own copy of a
+        lookup's shape plumbing: Shape -> Slice -> Concat)."""
+        if a == b:
+            return True
+        va, vb = _const(graph, a), _const(graph, b)
+        if va is not None or vb is not None:
+            return va is not None and vb is not None and va.dtype == vb.dtype and np.array_equal(va, vb)
+        na, nb = producer.get(a), producer.get(b)
+        if (depth == 0 or na is None or nb is None or na.op_type != nb.op_type or na.domain != nb.domain
+                or na.op_type.startswith(("Random", "Bernoulli", "Multinomial"))
+                or list(na.output).index(a) != list(nb.output).index(b) or len(na.input) != len(nb.input)
+                or [x.SerializeToString() for x in na.attribute] != [x.SerializeToString() for x in nb.attribute]):
+            return False
+        return all(same_value(x, y, depth - 1) for x, y in zip(na.input, nb.input))
+
+    def lookups(bucket: str) -> list | None:
+        """The bias lookups that read ``bucket``, each ``GatherElements(Expand(w (1, K)),
+        Reshape(bucket, rows))`` as ``hstu.lookup`` exports it, all with the same ``rows``;
+        None if anything else reads it (then only the estimate is rewritten)."""
+        found = []
+        for reshape in readers.get(bucket, []):
+            gather = only_reader(reshape.output[0], "GatherElements") if reshape.op_type == "Reshape" else None
+            expand = gather and made_by(gather.input[0], "Expand")
+            w = expand and _const(graph, expand.input[0])
+            if (gather is None or reshape.input[0] != bucket or gather.input[1] != reshape.output[0]
+                    or attr(gather, "axis") != 1 or w is None or w.ndim != 2 or w.shape[0] != 1
+                    or w.dtype.kind != "f" or not same_value(reshape.input[1], readers[bucket][0].input[1])):
+                return None
+            found.append((reshape, gather, expand.input[1], w[0]))
+        return found if found and bucket not in outputs else None
+
+    found = [m for log in graph.node if log.op_type == "Log" and (m := match(log)) is not None]
+    if not found:
         return 0
+    plans = []
+    for i, (plan, (low, add, bounds)) in enumerate(found):
+        reads = lookups(add.output[0])
+        fused = reads and fused_table(bounds, plan[-1][0], max(len(w) for *_, w in reads))
+        if fused is None:
+            plans.append(plan)
+        else:  # the old chain is left unread and swept below
+            _fuse(graph, f"fused_bucket_{i}", low.input[0], reads, fused)
 
     for i, (to_float, log, mul, to_int, (edge, copies), (shift, table)) in enumerate(plans):
         p = f"bitcast_bucket_{i}"
@@ -223,12 +276,105 @@ def bitcast_time_buckets(model: Any) -> int:
             helper.make_node("Reshape", [f"{p}/est_rows", f"{p}/shape"], [est], name=f"{p}/est"),
         ]):
             graph.node.insert(at, node)
+    _drop_dead_nodes(graph)
     _toposort(graph)
     _drop_unused_initializers(graph)
     for o in model.opset_import:
         if o.domain in ("", "ai.onnx"):
             o.version = OPSET
-    return len(plans)
+    return len(found)
+
+
+def fused_table(bounds: np.ndarray, shift: int, size: int) -> tuple[int, np.ndarray, np.ndarray] | None:
+    """(shift, est, thr) per cell c = bits(float32(m)) >> shift of every int32 m >= 0, and of
+    m = -2^31 (|INT32_MIN| wraps in int32: the exported graph's Clip(>= 1) makes it bucket 0),
+    such that ``c + (m > thr[c])`` indexes a table ``W[c] = w[est[c]]`` to give
+    ``w[#{k: bounds[k] < max(m, 1)}]``, the reference bucket's bias; None where that layout
+    cannot hold (a cell with an edge inside whose next cell does not start one bucket up,
+    or buckets past the ``size`` of the bias tables).
+
+    One lookup fewer than ``cell_table``'s ``est + (m > bounds[est])``: the edge comparison
+    reads its threshold by cell, and its 0/1 moves the bias lookup to the next cell, whose
+    lowest bucket is then the one above. ``thr`` is ``INT32_MAX`` in cells without an edge
+    and 0 where no int >= 0 lands (|INT32_MIN| - 0 does not overflow)."""
+    bounds = np.asarray(bounds, np.int64).ravel()
+    if bounds.size == 0 or (np.diff(bounds) < 0).any():
+        return None
+    top = FLOAT_2_31 >> shift  # the cell of 2^31, where INT32_MAX rounds to
+    cells = np.arange(top + 2, dtype=np.uint64)
+    lo = (cells << np.uint64(shift)).astype(np.uint32).view(np.float32)
+    first = _ints_from(lo)
+    smallest, largest = first[:-1], np.minimum(first[1:] - 1, 2 ** 31 - 1)
+    live = smallest <= largest
+    ref_lo = np.searchsorted(bounds, np.maximum(smallest, 1), side="left")
+    ref_hi = np.searchsorted(bounds, np.maximum(largest, 1), side="left")
+    edge = live & (ref_hi > ref_lo)
+    if (live & (ref_hi - ref_lo > 1)).any() or np.where(live, ref_hi, 0).max() >= size:
+        return None
+    est = np.where(live, ref_lo, 0)
+    # a cell with an edge inside: its upper part reads the next cell's bias
+    nxt = np.append(est[1:], -1)
+    if (edge & (nxt != est + 1)).any():
+        return None
+    thr = np.where(edge, bounds[np.minimum(est, bounds.size - 1)], np.where(live, 2 ** 31 - 1, 0))
+    wrap = 0xCF000000 >> shift  # cell of float32(-2^31)
+    est_all = np.zeros(wrap + 1, np.int64)
+    thr_all = np.zeros(wrap + 1, np.int64)
+    est_all[: est.size], thr_all[: thr.size] = est, thr
+    return shift, est_all.astype(np.int32), thr_all.astype(np.int32)
+
+
+def _fuse(graph: Any, p: str, mag: str, reads: list, fused: tuple[int, np.ndarray, np.ndarray]) -> None:
+    """Replace the bucket of |Δ| = ``mag`` (int32, before the Clip(>= 1)) and each bias lookup
+    in ``reads`` (``lookups``) by ``W[c + Clip(|Δ| - thr[c], 0, 1)]`` with c = |Δ|'s bit cell
+    (``fused_table``), in the lookups' own (rows, rest) view."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    shift, est, thr = fused
+    rows, copies = reads[0][0].input[1], reads[0][2]
+    graph.initializer.extend([
+        numpy_helper.from_array(thr[None, :], f"{p}/thr"),
+        numpy_helper.from_array(np.array(shift, np.uint32), f"{p}/shift"),
+        numpy_helper.from_array(np.array(0, np.int32), f"{p}/zero"),
+        numpy_helper.from_array(np.array(1, np.int32), f"{p}/one"),
+    ])
+    at = list(graph.node).index(reads[0][1])
+    nodes = [
+        helper.make_node("Cast", [mag], [f"{p}/f"], to=TensorProto.FLOAT, name=f"{p}/f"),
+        helper.make_node("BitCast", [f"{p}/f"], [f"{p}/bits"], to=TensorProto.UINT32, name=f"{p}/bits"),
+        helper.make_node("BitShift", [f"{p}/bits", f"{p}/shift"], [f"{p}/cell_u"], direction="RIGHT",
+                         name=f"{p}/shift"),
+        helper.make_node("BitCast", [f"{p}/cell_u"], [f"{p}/cell"], to=TensorProto.INT32, name=f"{p}/cell"),
+        helper.make_node("Reshape", [f"{p}/cell", rows], [f"{p}/cell_rows"], name=f"{p}/cell_rows"),
+        helper.make_node("Reshape", [mag, rows], [f"{p}/mag_rows"], name=f"{p}/mag_rows"),
+        helper.make_node("Expand", [f"{p}/thr", copies], [f"{p}/thrs"], name=f"{p}/thrs"),
+        helper.make_node("GatherElements", [f"{p}/thrs", f"{p}/cell_rows"], [f"{p}/thr_rows"], axis=1,
+                         name=f"{p}/thr_rows"),
+        helper.make_node("Sub", [f"{p}/mag_rows", f"{p}/thr_rows"], [f"{p}/past"], name=f"{p}/past"),
+        helper.make_node("Clip", [f"{p}/past", f"{p}/zero", f"{p}/one"], [f"{p}/up"], name=f"{p}/up"),
+        helper.make_node("Add", [f"{p}/cell_rows", f"{p}/up"], [f"{p}/index"], name=f"{p}/index"),
+    ]
+    for node in reversed(nodes):
+        graph.node.insert(at, node)
+    for j, (_, gather, copies_j, w) in enumerate(reads):  # each layer's lookup where it was
+        graph.initializer.append(numpy_helper.from_array(w[est][None, :].astype(w.dtype), f"{p}/w{j}"))
+        at = list(graph.node).index(gather)
+        graph.node.remove(gather)
+        graph.node.insert(at, helper.make_node("GatherElements", [f"{p}/ws{j}", f"{p}/index"], [gather.output[0]],
+                                               axis=1, name=f"{p}/bias{j}"))
+        graph.node.insert(at, helper.make_node("Expand", [f"{p}/w{j}", copies_j], [f"{p}/ws{j}"], name=f"{p}/ws{j}"))
+
+
+def _drop_dead_nodes(graph: Any) -> None:
+    """Remove nodes none of whose outputs is read (what a rewrite left of the old chain)."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if not any(o in read for o in n.output if o)]
+        if not dead:
+            return
+        for n in dead:
+            graph.node.remove(n)
 
 
 def _toposort(graph: Any) -> None:

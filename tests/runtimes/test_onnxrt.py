@@ -307,12 +307,17 @@ def test_bitcast_buckets_change_the_loaded_graph_not_one_result(bundles, beauty,
     from genrec.bundle import load_bundle
     from genrec.runtimes.onnxrt import load_graph
 
-    path = load_bundle(bundles["hstu"]).graph_path("prefill", "fp32")
+    bundle = load_bundle(bundles["hstu"])
+    path = bundle.graph_path("prefill", "fp32")
     logs = {n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Log"}
     model, proto = load_graph(path, bitcast_buckets=True)
     left = {n.name for n in proto.graph.node if n.op_type == "Log"}
     assert isinstance(model, bytes) and onnx.load_from_string(model).opset_import[0].version == 26
     assert len(logs - left) >= 2 and len(left) == 1  # every bucket Log; the log-sum-exp's stays
+    for graph in ("prefill", "step", "rank"):  # each bucket folded into its layers' bias lookups
+        _, proto = load_graph(bundle.graph_path(graph, "fp32"), bitcast_buckets=True)
+        made = {n.name.split("/")[0] for n in proto.graph.node if "_bucket_" in n.name}
+        assert made and all(name.startswith("fused_bucket_") for name in made), (graph, made)
     with get_backend("onnxruntime", bundles["hstu"], threads=1) as fast, \
             get_backend("onnxruntime", bundles["hstu"], threads=1, bitcast_buckets=False) as plain:
         assert fast.bitcast_buckets and not plain.bitcast_buckets
