@@ -66,21 +66,30 @@ def cell_table(bounds: np.ndarray, shift: int) -> np.ndarray | None:
     ``bounds``: the sorted integer edge table of the graph (``hstu.bucket_bounds``: bounds[k]
     is the largest gap whose bucket is at most k). est[c] is the bucket of the cell's smallest
     int; valid when the bucket of its largest int is at most one more."""
+    cells = _cells(bounds, shift)
+    if cells is None:
+        return None
+    _, live, ref_lo, ref_hi = cells
+    if (live & (ref_hi - ref_lo > 1)).any():
+        return None
+    return np.where(live, ref_lo, 0).astype(np.int32)
+
+
+def _cells(bounds: np.ndarray, shift: int) -> tuple[np.ndarray, ...] | None:
+    """(bounds as int64, live, ref_lo, ref_hi) for each cell c = bits(float32(m)) >> shift of
+    the ints m in [0, 2^31), up to the cell of 2^31: whether any int lands in c, and the
+    reference bucket ``#{k: bounds[k] < max(m, 1)}`` of its smallest and its largest int. None
+    where ``bounds`` is no edge table (empty or not sorted)."""
     bounds = np.asarray(bounds, np.int64).ravel()
     if bounds.size == 0 or (np.diff(bounds) < 0).any():
         return None
     cells = np.arange((FLOAT_2_31 >> shift) + 2, dtype=np.uint64)
     lo = (cells << np.uint64(shift)).astype(np.uint32).view(np.float32)
     first = _ints_from(lo)  # smallest int in each cell (and the next one's)
-    smallest, largest = first[:-1], first[1:] - 1
-    live = (smallest <= largest) & (largest >= 1) & (smallest < 2 ** 31)
-    smallest = np.maximum(smallest, 1)
-    largest = np.minimum(largest, 2 ** 31 - 1)
-    ref_lo = np.searchsorted(bounds, smallest, side="left")
-    ref_hi = np.searchsorted(bounds, largest, side="left")
-    if (live & (ref_hi - ref_lo > 1)).any():
-        return None
-    return np.where(live, ref_lo, 0).astype(np.int32)
+    smallest, largest = first[:-1], np.minimum(first[1:] - 1, 2 ** 31 - 1)
+    ref_lo = np.searchsorted(bounds, np.maximum(smallest, 1), side="left")
+    ref_hi = np.searchsorted(bounds, np.maximum(largest, 1), side="left")
+    return bounds, smallest <= largest, ref_lo, ref_hi
 
 
 def pick_table(bounds: np.ndarray) -> tuple[int, np.ndarray] | None:
@@ -297,17 +306,10 @@ def fused_table(bounds: np.ndarray, shift: int, size: int) -> tuple[int, np.ndar
     reads its threshold by cell, and its 0/1 moves the bias lookup to the next cell, whose
     lowest bucket is then the one above. ``thr`` is ``INT32_MAX`` in cells without an edge
     and 0 where no int >= 0 lands (|INT32_MIN| - 0 does not overflow)."""
-    bounds = np.asarray(bounds, np.int64).ravel()
-    if bounds.size == 0 or (np.diff(bounds) < 0).any():
+    cells = _cells(bounds, shift)
+    if cells is None:
         return None
-    top = FLOAT_2_31 >> shift  # the cell of 2^31, where INT32_MAX rounds to
-    cells = np.arange(top + 2, dtype=np.uint64)
-    lo = (cells << np.uint64(shift)).astype(np.uint32).view(np.float32)
-    first = _ints_from(lo)
-    smallest, largest = first[:-1], np.minimum(first[1:] - 1, 2 ** 31 - 1)
-    live = smallest <= largest
-    ref_lo = np.searchsorted(bounds, np.maximum(smallest, 1), side="left")
-    ref_hi = np.searchsorted(bounds, np.maximum(largest, 1), side="left")
+    bounds, live, ref_lo, ref_hi = cells
     edge = live & (ref_hi > ref_lo)
     if (live & (ref_hi - ref_lo > 1)).any() or np.where(live, ref_hi, 0).max() >= size:
         return None
@@ -357,7 +359,7 @@ def _fuse(graph: Any, p: str, mag: str, reads: list, fused: tuple[int, np.ndarra
     for node in reversed(nodes):
         graph.node.insert(at, node)
     for j, (_, gather, copies_j, w) in enumerate(reads):  # each layer's lookup where it was
-        graph.initializer.append(numpy_helper.from_array(w[est][None, :].astype(w.dtype), f"{p}/w{j}"))
+        graph.initializer.append(numpy_helper.from_array(w[est][None, :], f"{p}/w{j}"))
         at = list(graph.node).index(gather)
         graph.node.remove(gather)
         graph.node.insert(at, helper.make_node("GatherElements", [f"{p}/ws{j}", f"{p}/index"], [gather.output[0]],
@@ -369,7 +371,7 @@ def _drop_dead_nodes(graph: Any) -> None:
     """Remove nodes none of whose outputs is read (what a rewrite left of the old chain)."""
     outputs = {o.name for o in graph.output}
     while True:
-        read = {i for n in graph.node for i in n.input} | outputs
+        read = _all_inputs(graph) | outputs
         dead = [n for n in graph.node if not any(o in read for o in n.output if o)]
         if not dead:
             return
